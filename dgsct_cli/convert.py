@@ -1,0 +1,134 @@
+"""Release checkpoints (``torch.save(model.state_dict())`` of the DG-SCT release) -> our model.
+
+The mapping is by name: ``swin.*`` -> ``encoder.visual.*`` (through timm's checkpoint filter,
+which moves the old "merge at the end of a stage" layout), ``htsat.*`` -> ``encoder.audio.*``,
+``*_adapter_blocks_p*`` -> ``encoder.*``, everything else -> ``head.*``. Loading is strict: every
+parameter and buffer of ours is filled and every release key is used, except keys of modules the
+release builds but never runs, which are dropped by name (each pattern carries its reason).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.swin_transformer_v2 import checkpoint_filter_fn
+
+from .models.dgsct import DGSCTModel, ModelConfig
+from .models.encoders.audio import HTSAT_UNUSED_KEYS, htsat_key_map
+from .models.weights import CheckpointError, describe_keys, load_state_dict_file, unwrap_state_dict
+
+# Release keys every task's checkpoint carries but no task runs.
+COMMON_UNUSED_RELEASE_KEYS = {
+    r"^adapter_token_downsampler\.": "token downsampler the release builds but never calls",
+    r"^swin\.head\.": "Swin-V2 ImageNet-22k classifier, not used by DG-SCT",
+    r"^swin\..*\.(relative_position_index|relative_coords_table|attn_mask)$": "buffers timm recomputes",
+    **{"^htsat\\." + p.lstrip("^"): reason for p, reason in HTSAT_UNUSED_KEYS.items()},
+}
+
+ADAPTER_PREFIXES = (
+    "audio_adapter_blocks_p1.",
+    "vis_adapter_blocks_p1.",
+    "audio_adapter_blocks_p2.",
+    "vis_adapter_blocks_p2.",
+)
+
+
+def _strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def detect_release_task(state: dict[str, Any]) -> str | None:
+    """The task whose release checkpoint this is (by a key only that task has), or None."""
+    from .tasks.base import TASKS, available_tasks
+
+    available_tasks()
+    keys = set(_strip_data_parallel(state))
+    for name, task in TASKS.items():
+        if task.release_marker and task.release_marker in keys:
+            return name
+    return None
+
+
+def map_release_state_dict(
+    state: dict[str, torch.Tensor], model: DGSCTModel, unused: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Release keys -> our keys. Returns (mapped state, release keys dropped as unused)."""
+    patterns = {**COMMON_UNUSED_RELEASE_KEYS, **unused}
+    dropped, swin, out = [], {}, {}
+    for key, value in state.items():
+        if any(re.search(p, key) for p in patterns):
+            dropped.append(key)
+            continue
+        if key.startswith("swin."):
+            swin[key[len("swin.") :]] = value
+        elif key.startswith("htsat."):
+            new = htsat_key_map(key[len("htsat.") :])
+            if new is not None:
+                out[f"encoder.audio.{new}"] = value
+        elif key.startswith(ADAPTER_PREFIXES):
+            out[f"encoder.{key}"] = value
+        else:
+            out[f"head.{key}"] = value
+    for key, value in checkpoint_filter_fn(swin, model.encoder.visual).items():
+        out[f"encoder.visual.{key}"] = value
+    return out, dropped
+
+
+def load_release_state_dict(
+    model: DGSCTModel, state: dict[str, torch.Tensor], name: str, unused: dict[str, str]
+) -> list[str]:
+    """Strictly load a release state dict into ``model``; returns the dropped (unused) keys."""
+    mapped, dropped = map_release_state_dict(state, model, unused)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(set(mapped) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{name}: does not match the {model.task.upper()} release layout: {describe_keys(missing, unexpected)}"
+        )
+    wrong = [
+        f"{k} (file {tuple(mapped[k].shape)}, expected {tuple(own[k].shape)})"
+        for k in own
+        if mapped[k].shape != own[k].shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{name}: {len(wrong)} tensor(s) with the wrong shape: {', '.join(wrong[:8])}")
+    model.load_state_dict(mapped, strict=True)
+    return dropped
+
+
+def load_official_checkpoint(
+    task: str,
+    source: str | Path | dict[str, torch.Tensor],
+    model_cfg: ModelConfig | None = None,
+) -> DGSCTModel:
+    """Our model for ``task`` with the weights of a release checkpoint, in eval mode.
+
+    ``source`` is a path to the release file (read with ``weights_only=True``) or an
+    already-loaded state dict in the release layout.
+    """
+    from .models.factory import create_model
+    from .tasks.base import get_task
+
+    spec = get_task(task)
+    name = str(source) if not isinstance(source, dict) else "release state dict"
+    state = load_state_dict_file(source) if not isinstance(source, dict) else unwrap_state_dict(source, name)
+    state = _strip_data_parallel(state)
+    found = detect_release_task(state)
+    if found is None:
+        raise CheckpointError(
+            f"{name}: not a DG-SCT release checkpoint (no '{spec.release_marker}' key); "
+            f"expected a {task.upper()} release state dict"
+        )
+    if found != task:
+        raise CheckpointError(
+            f"{name}: this is a {found.upper()} release checkpoint, expected {task.upper()}"
+        )
+    model = create_model(task, model_cfg, load_encoder_weights=False)
+    load_release_state_dict(model, state, name, spec.unused_release_keys)
+    return model.eval()

@@ -1,0 +1,183 @@
+"""The dual-encoder walker: runs two hierarchical encoders side by side and inserts DG-SCT adapters.
+
+Blocks are paired stage by stage from the stage depths (spec dgsct-core.md section 3): in a stage
+where one encoder has ``r`` times the blocks of the other, block ``r*k + r - 1`` of the deeper one
+pairs with block ``k`` of the shallower one; other blocks run plainly. Each pair gets four adapters
+(p1 before the visual attention half, p2 before the visual MLP half, for each direction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .adapter import AdapterSettings, DGSCTAdapter
+from .encoders.audio import HTSAT
+
+
+@dataclass(frozen=True)
+class BlockPair:
+    stage: int
+    visual_block: int
+    audio_block: int
+
+
+def pair_blocks(visual_depths: list[int], audio_depths: list[int]) -> list[BlockPair]:
+    """Pairs of (visual, audio) blocks, stage by stage, derived from the depths."""
+    if len(visual_depths) != len(audio_depths):
+        raise ValueError(
+            f"the encoders have {len(visual_depths)} and {len(audio_depths)} stages; they must match"
+        )
+    pairs = []
+    for stage, (dv, da) in enumerate(zip(visual_depths, audio_depths)):
+        deep, shallow = max(dv, da), min(dv, da)
+        if shallow == 0 or deep % shallow:
+            raise ValueError(
+                f"stage {stage + 1}: depths {dv} (visual) and {da} (audio) cannot be paired; "
+                "the deeper stage must be a multiple of the shallower one"
+            )
+        r = deep // shallow
+        for k in range(shallow):
+            j = r * k + r - 1
+            pairs.append(BlockPair(stage, j if dv >= da else k, k if dv >= da else j))
+    return pairs
+
+
+def _v2_attn_half(block: SwinTransformerV2Block, x: torch.Tensor) -> torch.Tensor:
+    """``drop_path(norm1(attn(x)))`` of a res-post-norm Swin-V2 block, NHWC in and out."""
+    return block.drop_path1(block.norm1(block._attn(x)))
+
+
+def _v2_mlp_half(block: SwinTransformerV2Block, x: torch.Tensor) -> torch.Tensor:
+    return block.drop_path2(block.norm2(block.mlp(x)))
+
+
+def _run(fn, *args, recompute: bool):
+    # Recompute only helps when something upstream needs gradients (the adapters do in training).
+    if recompute and torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+class DualEncoder(nn.Module):
+    """Swin-V2 (visual) + HTS-AT (audio) with 4 adapters per block pair.
+
+    ``forward(frames [N, 3, H, W], wave [N, samples])`` returns pooled features
+    ``visual [N, C_v]`` and ``audio [N, C_a]`` (spatial-attention pooling with the last p2 maps).
+    """
+
+    def __init__(
+        self,
+        visual: SwinTransformerV2,
+        audio: HTSAT,
+        settings: AdapterSettings | None = None,
+        recompute: bool = False,
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.audio = audio
+        self.settings = settings or AdapterSettings()
+        self.recompute = recompute
+        v_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in visual.layers]
+        a_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in audio.layers]
+        self.pairs = pair_blocks([g[2] for g in v_geom], [g[2] for g in a_geom])
+
+        def tokens(res: tuple[int, int]) -> int:
+            return res[0] * res[1]
+
+        def adapters(direction: str) -> nn.ModuleList:
+            mods = []
+            for p in self.pairs:
+                (cv, rv, _), (ca, ra, _) = v_geom[p.stage], a_geom[p.stage]
+                if direction == "visual":
+                    mods.append(DGSCTAdapter(cv, tokens(rv), ca, tokens(ra), self.settings))
+                else:
+                    mods.append(DGSCTAdapter(ca, tokens(ra), cv, tokens(rv), self.settings))
+            return nn.ModuleList(mods)
+
+        # Names follow the release so its checkpoints map one to one.
+        self.audio_adapter_blocks_p1 = adapters("audio")
+        self.vis_adapter_blocks_p1 = adapters("visual")
+        self.audio_adapter_blocks_p2 = adapters("audio")
+        self.vis_adapter_blocks_p2 = adapters("visual")
+        self.visual_dim = v_geom[-1][0]
+        self.audio_dim = a_geom[-1][0]
+
+    def adapter_modules(self) -> list[nn.ModuleList]:
+        return [
+            self.audio_adapter_blocks_p1,
+            self.vis_adapter_blocks_p1,
+            self.audio_adapter_blocks_p2,
+            self.vis_adapter_blocks_p2,
+        ]
+
+    def _paired_step(
+        self, i: int, v_block: SwinTransformerV2Block, a_block: nn.Module, v: torch.Tensor, a: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, h, w, cv = v.shape
+        _, ha, wa, ca = a.shape
+        vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
+        ra, _ = self.audio_adapter_blocks_p1[i](at, vt)
+        rv, _ = self.vis_adapter_blocks_p1[i](vt, at)
+        v = v + _run(_v2_attn_half, v_block, v, recompute=self.recompute) + rv.view(n, h, w, cv)
+        a = _run(a_block, a, recompute=self.recompute) + ra.view(n, ha, wa, ca)
+        vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
+        ra, map_a = self.audio_adapter_blocks_p2[i](at, vt)
+        rv, map_v = self.vis_adapter_blocks_p2[i](vt, at)
+        v = v + _run(_v2_mlp_half, v_block, v, recompute=self.recompute) + rv.view(n, h, w, cv)
+        a = a + ra.view(n, ha, wa, ca)
+        return v, a, map_v, map_a
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        wave: torch.Tensor,
+        mix_lambda: torch.Tensor | None = None,
+        use_adapters: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        v = self.visual.patch_embed(frames)
+        a = self.audio.embed(wave, mix_lambda)
+        if not use_adapters:
+            return self._plain(v, a)
+        pairs_by_stage: dict[int, list[tuple[int, BlockPair]]] = {}
+        for i, p in enumerate(self.pairs):
+            pairs_by_stage.setdefault(p.stage, []).append((i, p))
+        map_v = map_a = None
+        for stage, (v_stage, a_stage) in enumerate(zip(self.visual.layers, self.audio.layers)):
+            v = v_stage.downsample(v)
+            a = a_stage.downsample(a)
+            stage_pairs = pairs_by_stage.get(stage, [])
+            v_paired = {p.visual_block: (i, p) for i, p in stage_pairs}
+            a_paired = {p.audio_block for _, p in stage_pairs}
+            a_next = 0
+            for j, v_block in enumerate(v_stage.blocks):
+                if j not in v_paired:
+                    v = _run(v_block, v, recompute=self.recompute)
+                    continue
+                i, p = v_paired[j]
+                # Audio blocks the pairing skips (a deeper audio stage) run plainly before their pair.
+                while a_next < p.audio_block:
+                    if a_next not in a_paired:
+                        a = _run(a_stage.blocks[a_next], a, recompute=self.recompute)
+                    a_next += 1
+                v, a, map_v, map_a = self._paired_step(i, v_block, a_stage.blocks[p.audio_block], v, a)
+                a_next = p.audio_block + 1
+            for k in range(a_next, len(a_stage.blocks)):
+                a = _run(a_stage.blocks[k], a, recompute=self.recompute)
+        v = self.visual.norm(v)
+        n = v.shape[0]
+        pooled_v = torch.bmm(map_v, v.reshape(n, -1, v.shape[-1])).squeeze(1)
+        pooled_a = torch.bmm(map_a, a.reshape(n, -1, a.shape[-1])).squeeze(1)
+        return {"visual": pooled_v, "audio": pooled_a}
+
+    def _plain(self, v: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen encoders' own features (mean-pooled), for comparisons such as t-SNE."""
+        for v_stage, a_stage in zip(self.visual.layers, self.audio.layers):
+            v = v_stage(v)
+            a = a_stage(a)
+        v = self.visual.norm(v)
+        return {"visual": v.flatten(1, 2).mean(1), "audio": a.flatten(1, 2).mean(1)}

@@ -1,0 +1,128 @@
+"""AVE: audio-visual event localisation (spec dgsct-core.md sections 5-7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+
+from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
+from .base import Task, register_task
+
+
+@dataclass
+class AVELossConfig:
+    """Recipe section ``loss`` for AVE."""
+
+    # "release": BCE-with-logits applied to av_gate, which is already a probability (the release's
+    # quirk, the default so published runs reproduce); "bce": plain BCE on the probability.
+    gate_loss: str = "release"
+
+    def __post_init__(self) -> None:
+        if self.gate_loss not in ("release", "bce"):
+            raise ValueError(f"loss.gate_loss must be 'release' or 'bce', got {self.gate_loss!r}")
+
+
+def ave_targets(batch: dict[str, Any], background: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``is_event [B, T]`` (float) and the clip's event class ``[B]`` from the batch labels."""
+    segment_labels = batch["segment_labels"]
+    is_event = (segment_labels != background).float()
+    event = batch["event_label"].view(-1)
+    return is_event, event
+
+
+def ave_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: AVELossConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    background = outputs["event_logits"].shape[-1]
+    is_event, event = ave_targets(batch, background)
+    seg = F.binary_cross_entropy_with_logits(outputs["segment_logits"], is_event)
+    if cfg.gate_loss == "release":
+        gate = F.binary_cross_entropy_with_logits(outputs["av_gate"], is_event)
+    else:
+        gate = F.binary_cross_entropy(outputs["av_gate"].clamp(1e-7, 1 - 1e-7), is_event)
+    cls = F.cross_entropy(outputs["event_logits"], event)
+    av = F.cross_entropy(outputs["av_score"], event)
+    total = seg + gate + cls + av
+    return total, {"segment": seg.item(), "gate": gate.item(), "event": cls.item(), "av_score": av.item()}
+
+
+def segment_predictions(segment_logits: torch.Tensor, event_logits: torch.Tensor) -> torch.Tensor:
+    """Per-segment class: the clip's argmax event class where sigmoid(segment) > 0.5, else background."""
+    background = event_logits.shape[-1]
+    event = event_logits.argmax(-1, keepdim=True).expand_as(segment_logits)
+    return torch.where(torch.sigmoid(segment_logits) > 0.5, event, torch.full_like(event, background))
+
+
+def segment_accuracy_counts(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:
+    pred = segment_predictions(outputs["segment_logits"].detach(), outputs["event_logits"].detach())
+    labels = batch["segment_labels"].to(pred.device)
+    return int((pred == labels).sum()), labels.numel()
+
+
+class AVEEvaluator:
+    """Segment accuracy over the whole split (not a mean of per-batch accuracies) + per class."""
+
+    def __init__(self, class_names: list[str], background_index: int | None = None) -> None:
+        self.class_names = list(class_names)
+        self.background = len(class_names) if background_index is None else background_index
+        size = len(class_names) + 1
+        self.correct = torch.zeros(size, dtype=torch.long)
+        self.total = torch.zeros(size, dtype=torch.long)
+
+    def update(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        pred = segment_predictions(outputs["segment_logits"], outputs["event_logits"]).cpu()
+        labels = batch["segment_labels"].cpu()
+        self.total += torch.bincount(labels.flatten(), minlength=self.total.numel())
+        self.correct += torch.bincount(labels[pred == labels], minlength=self.correct.numel())
+
+    def state(self) -> list[torch.Tensor]:
+        """Counters that distributed evaluation sums across ranks."""
+        return [self.correct, self.total]
+
+    def compute(self) -> dict[str, Any]:
+        total = int(self.total.sum())
+        names = self.class_names + ["background"] if self.background == len(self.class_names) else None
+        names = names or [*self.class_names]
+        per_class = {
+            names[i] if i < len(names) else str(i): (
+                100.0 * int(self.correct[i]) / int(self.total[i]) if int(self.total[i]) else None
+            )
+            for i in range(self.total.numel())
+        }
+        return {
+            "accuracy": 100.0 * int(self.correct.sum()) / total if total else 0.0,
+            "num_segments": total,
+            "per_class_accuracy": per_class,
+        }
+
+
+def ave_metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title=f"AVE segment accuracy: {metrics['accuracy']:.2f}%")
+    table.add_column("class")
+    table.add_column("accuracy %", justify="right")
+    for name, acc in metrics["per_class_accuracy"].items():
+        table.add_row(name, "-" if acc is None else f"{acc:.1f}")
+    return table
+
+
+AVE = register_task(
+    Task(
+        name="ave",
+        description="audio-visual event localisation (AVE, 28 classes, 10 one-second segments)",
+        head_config=AVEHeadConfig,
+        loss_config=AVELossConfig,
+        build_head=lambda visual_dim, audio_dim, cfg: AVEHead(visual_dim, audio_dim, cfg),
+        loss=ave_loss,
+        make_evaluator=AVEEvaluator,
+        batch_accuracy=segment_accuracy_counts,
+        selection_metric="accuracy",
+        metrics_table=ave_metrics_table,
+        segment_labels=lambda batch: batch["segment_labels"],
+        unused_release_keys=AVE_UNUSED_RELEASE_KEYS,
+        release_marker="CMBS.localize_module.classifier.weight",
+    )
+)
