@@ -16,23 +16,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..temporal import SelfRelation, TemporalConfig
+
 AssignMode = Literal["soft", "hard"]
 
-# Release keys (no prefix) of modules this head does not build because they never affect an output:
-# - nn.TransformerEncoder's template layer, which the release also registers as `encoder_layer`
-#   (the encoder runs deep copies in `encoder.layers.*`);
-# - the visual branch of the AVVP temporal attention (visual LSTM -> video_encoder -> video_gated):
-#   its gate only modulates the audio output, which MGN discards (quirk E.4), so it gets no
-#   gradient and never changes an output. `gated_audio=True` builds it (names as in the release).
-MGN_TEMPLATE_RELEASE_KEYS: list[str] = [
-    r"^temporal_attn\.(audio|video)_encoder\.encoder_layer\.",
-]
-MGN_DEAD_AUDIO_GATE_RELEASE_KEYS: list[str] = [
-    r"^temporal_attn\.audio_visual_rnn_layer\.visual_rnn\.",
-    r"^temporal_attn\.video_encoder\.",
-    r"^temporal_attn\.video_gated\.",
-]
-MGN_UNUSED_RELEASE_KEYS: list[str] = MGN_TEMPLATE_RELEASE_KEYS + MGN_DEAD_AUDIO_GATE_RELEASE_KEYS
+# Release keys (no prefix) of modules this head does not build, as {regex: reason} like the other
+# heads' tables (the converter drops matching keys by name). Iterating gives the regex strings.
+MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO: dict[str, str] = {
+    r"^temporal_attn\.(audio|video)_encoder\.encoder_layer\.": "template layer nn.TransformerEncoder copies",
+}
+MGN_UNUSED_RELEASE_KEYS: dict[str, str] = {
+    **MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO,
+    # The visual temporal branch only gates the audio output, which MGN discards (quirk E.4): it never
+    # changes an output and gets no gradient. `MGNHead(gated_audio=True)` builds it.
+    r"^temporal_attn\.audio_visual_rnn_layer\.visual_rnn\.": "visual LSTM feeding only the discarded audio gate",
+    r"^temporal_attn\.video_encoder\.": "visual encoder feeding only the discarded audio gate",
+    r"^temporal_attn\.video_gated\.": "gate of the audio output that MGN discards",
+}
 
 
 def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -284,20 +284,6 @@ class ModalityTrans(nn.Module):
         return self.grouping(x_attn, group_tokens)
 
 
-class TemporalEncoder(nn.Module):
-    """Linear projection followed by post-norm transformer encoder layers (ReLU, dropout 0.1)."""
-
-    def __init__(self, in_dim: int, d_model: int, num_heads: int, ff_dim: int, num_layers: int = 2) -> None:
-        super().__init__()
-        self.affine_matrix = nn.Linear(in_dim, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, num_heads, ff_dim, dropout=0.1, batch_first=True)
-        # The template layer is deliberately not registered: only its copies in `encoder.layers` run.
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.affine_matrix(x))
-
-
 class _RNNPair(nn.Module):
     """Holds the BiLSTMs so parameter names follow the release (`audio_visual_rnn_layer.*`)."""
 
@@ -329,21 +315,29 @@ class AVVPTemporalAttention(nn.Module):
         super().__init__()
         self.scale = scale
         self.gated_audio = gated_audio
+        # Same encoder as the AVE temporal attention (Linear + 2 post-norm layers, ReLU, dropout 0.1),
+        # at the AVVP widths; it runs time-first.
+        cfg = TemporalConfig(d_model=d_model, heads=num_heads, feedforward=ff_dim)
         self.audio_visual_rnn_layer = _RNNPair(dim, d_model, with_visual=gated_audio)
-        self.audio_encoder = TemporalEncoder(2 * d_model, d_model, num_heads, ff_dim)
+        self.audio_encoder = SelfRelation(2 * d_model, cfg)
         self.audio_gated = nn.Sequential(nn.Linear(d_model, 1), nn.Sigmoid())
         if gated_audio:
-            self.video_encoder = TemporalEncoder(2 * d_model, d_model, num_heads, ff_dim)
+            self.video_encoder = SelfRelation(2 * d_model, cfg)
             self.video_gated = nn.Sequential(nn.Linear(d_model, 1), nn.Sigmoid())
+
+    @staticmethod
+    def _gate(rnn: nn.LSTM, encoder: nn.Module, gate: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, dim] -> sigmoid gate [B, T, 1]; the encoder runs time-first, as in the release."""
+        return gate(encoder(rnn(x)[0].transpose(0, 1))).transpose(0, 1)
 
     def forward(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio, video [B, T, dim] -> (video', audio'), both [B, T, dim]."""
         rnn = self.audio_visual_rnn_layer
-        g_a = self.audio_gated(self.audio_encoder(rnn.audio_rnn(audio)[0]))  # [B, T, 1]
+        g_a = self._gate(rnn.audio_rnn, self.audio_encoder, self.audio_gated, audio)
         if self.gated_audio:
-            g_v = self.video_gated(self.video_encoder(rnn.visual_rnn(video)[0]))
-            audio = audio + self.scale * g_v * audio
-        return video + self.scale * g_a * video, audio
+            g_v = self._gate(rnn.visual_rnn, self.video_encoder, self.video_gated, video)
+            audio = audio + g_v * audio * self.scale
+        return video + g_a * video * self.scale, audio
 
 
 def _init_weights(m: nn.Module) -> None:

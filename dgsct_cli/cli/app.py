@@ -1,0 +1,400 @@
+"""The ``dgsct`` command line: thin commands that resolve a recipe and call the library."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(
+    help="DG-SCT for audio-visual downstream tasks: prepare data, train, evaluate, extract, visualise.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+recipes_app = typer.Typer(help="List and show recipes.", no_args_is_help=True)
+visualize_app = typer.Typer(help="Figures from trained checkpoints.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+app.add_typer(visualize_app, name="visualize")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class _Options:
+    quiet: bool = False
+    verbose: bool = False
+
+
+OPTIONS = _Options()
+
+
+@app.callback()
+def _global(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results; no progress bars."),
+) -> None:
+    OPTIONS.quiet, OPTIONS.verbose = quiet, verbose
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_time=False, show_path=verbose)],
+        force=True,
+    )
+
+
+def friendly_errors(fn):
+    """Bad input -> one red line naming the file and the problem, exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, KeyError) as exc:
+            if OPTIONS.verbose:
+                raise
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _show_progress() -> bool:
+    return not OPTIONS.quiet
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from ..data.cache import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+# -- recipes -------------------------------------------------------------------------------------
+
+
+@recipes_app.command("list")
+@friendly_errors
+def recipes_list() -> None:
+    """List the recipes in recipes/."""
+    from ..config import REPO_RECIPES, load_recipe
+
+    table = Table("recipe", "task", "file")
+    for path in sorted(
+        set(Path("recipes").glob("*.yaml")) | set(REPO_RECIPES.glob("*.yaml")), key=lambda p: p.name
+    ):
+        table.add_row(path.stem, load_recipe(str(path)).task, str(path))
+    console.print(table)
+
+
+@recipes_app.command("show")
+@friendly_errors
+def recipes_show(
+    recipe: str = typer.Argument(..., help="Recipe name (recipes/<name>.yaml) or path."),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides."),
+) -> None:
+    """Print the resolved recipe (defaults filled in, overrides applied)."""
+    from ..config import load_recipe, recipe_to_yaml
+
+    typer.echo(recipe_to_yaml(load_recipe(recipe, overrides or [])), nl=False)
+
+
+# -- info / convert --------------------------------------------------------------------------------
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
+@app.command()
+@friendly_errors
+def info(
+    recipe: str = typer.Option("ave", "--recipe", "-r", help="Recipe name or path."),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides."),
+) -> None:
+    """Parameter counts (total / trainable / adapters) of a recipe's model."""
+    from ..config import load_recipe
+    from ..models.factory import create_model
+
+    r = load_recipe(recipe, overrides or [])
+    model = create_model(r.task, r.model, load_encoder_weights=False)
+    counts = model.parameter_counts()
+    table = Table(title=f"{r.name or recipe}: {r.task.upper()} model parameters")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for key in ("total", "trainable", "adapters", "visual_encoder", "audio_encoder", "head"):
+        table.add_row(key.replace("_", " "), f"{counts[key]:,} ({_millions(counts[key])})")
+    console.print(table)
+    console.print(
+        f"adapters: {len(model.encoder.pairs)} block pairs x 4 = {4 * len(model.encoder.pairs)}; "
+        f"activation recompute: {'on' if model.encoder.recompute else 'off'}"
+    )
+
+
+@app.command()
+@friendly_errors
+def convert(
+    task: str = typer.Argument(..., help="Task of the release checkpoint (ave, ...)."),
+    release: Path = typer.Argument(..., help="The release's .pt file (torch.save(model.state_dict()))."),
+    out: Path = typer.Option(..., "--out", "-o", help="Our checkpoint (.safetensors) to write."),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe to embed (default: the task's)."),
+) -> None:
+    """Convert a DG-SCT release checkpoint to a dgsct checkpoint (safetensors + recipe)."""
+    from ..checkpoint import save_checkpoint
+    from ..config import Recipe, load_recipe
+    from ..convert import load_official_checkpoint
+
+    r = load_recipe(recipe) if recipe else _default_recipe(task)
+    if r.task != task:
+        raise ValueError(f"--recipe is for task {r.task}, not {task}")
+    model = load_official_checkpoint(task, release, r.model)
+    save_checkpoint(model, r if isinstance(r, Recipe) else Recipe(task=task), out, full=True)
+    console.print(f"wrote {out} ({_millions(model.parameter_counts()['total'])} parameters, task {task})")
+
+
+def _default_recipe(task: str):
+    from ..config import Recipe, find_recipe, load_recipe
+
+    try:
+        return load_recipe(str(find_recipe(task)))
+    except ValueError:
+        return Recipe(task=task)
+
+
+# -- train / eval / extract ------------------------------------------------------------------------
+
+
+@app.command()
+@friendly_errors
+def train(
+    recipe: str | None = typer.Option(
+        None, "--recipe", "-r", help="Recipe name or path (default with --resume: the run's)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Prepared dataset folder (default: recipe data.path)."
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<recipe>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last state."),
+    test: bool = typer.Option(
+        False, "--test", help="After training, evaluate the best checkpoint on the test split."
+    ),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.epochs=5."),
+) -> None:
+    """Train a recipe's model; validation each epoch, best/last checkpoints, metrics.jsonl."""
+    from ..config import load_recipe
+    from ..train import Trainer, ensure_data
+
+    if recipe is None:
+        if not (resume and output is not None and (output / "recipe.yaml").is_file()):
+            raise ValueError(
+                "--recipe is required (or --resume with an --output run folder that has recipe.yaml)"
+            )
+        recipe = str(output / "recipe.yaml")
+    r = load_recipe(recipe, overrides or [])
+    output = output or Path("runs") / (r.name or "run")
+    data_dir = ensure_data(r, data or Path(r.data.path), err_console)
+    trainer = Trainer(r, data_dir, output, console=err_console, show_progress=_show_progress())
+    result = trainer.run(resume=resume)
+    console.print(
+        f"done: {result['epochs']} epochs, best {trainer.task.selection_metric} "
+        f"{result['best_metric'] if result['best_metric'] is None else round(result['best_metric'], 2)} "
+        f"(epoch {result['best_epoch']}); checkpoints in {output}"
+    )
+    if test:
+        _evaluate(output, data_dir, r.data.test_split, output / "test_metrics.json", None, None)
+
+
+def _evaluate(
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    json_out: Path | None,
+    recipe: str | None,
+    batch_size: int | None,
+) -> dict:
+    from ..checkpoint import load_any_checkpoint
+    from ..config import load_recipe
+    from ..evaluate import evaluate, resolve_device
+    from ..tasks.base import get_task
+    from ..train import open_dataset
+
+    release_recipe = load_recipe(recipe) if recipe else None
+    model, r, kind = load_any_checkpoint(checkpoint, release_recipe)
+    task = get_task(r.task)
+    dataset = open_dataset(r, data, split)
+    device = resolve_device(r.train.device)
+    model.to(device)
+    metrics = evaluate(
+        model,
+        dataset,
+        task,
+        device,
+        batch_size or r.train.eval_batch_size,
+        r.data.num_workers,
+        r.train.precision,
+        err_console,
+        _show_progress(),
+        description=f"eval {split}",
+    )
+    result = {
+        "task": r.task,
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "checkpoint_kind": kind,
+        **metrics,
+    }
+    console.print(task.metrics_table(metrics))
+    console.print(
+        f"{r.task.upper()} {split}: {len(dataset)} samples, {task.selection_metric} = {metrics[task.selection_metric]:.2f}"
+    )
+    if json_out is not None:
+        _write_json(json_out, result)
+    return result
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt."
+    ),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
+    split: str = typer.Option("test", "--split", "-s"),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the metrics here (JSON)."),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+) -> None:
+    """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
+    _check_data_folder(data)
+    _evaluate(checkpoint, data, split, json_out, recipe, batch_size)
+
+
+def _check_data_folder(data: Path) -> None:
+    if not data.exists():
+        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
+
+
+def _features(
+    checkpoint: Path, data: Path, split: str, use_adapters: bool, recipe: str | None = None
+) -> dict:
+    from ..checkpoint import load_any_checkpoint
+    from ..config import load_recipe
+    from ..evaluate import resolve_device
+    from ..extract import extract_features
+    from ..tasks.base import get_task
+    from ..train import open_dataset
+
+    _check_data_folder(data)
+    model, r, _ = load_any_checkpoint(checkpoint, load_recipe(recipe) if recipe else None)
+    dataset = open_dataset(r, data, split)
+    device = resolve_device(r.train.device)
+    model.to(device)
+    feats = {}
+    for flag in (True, False) if use_adapters is None else (use_adapters,):
+        feats[flag] = extract_features(
+            model,
+            dataset,
+            get_task(r.task),
+            device,
+            flag,
+            r.train.eval_batch_size,
+            r.data.num_workers,
+            r.train.precision,
+            err_console,
+            _show_progress(),
+        )
+    return feats
+
+
+@app.command()
+@friendly_errors
+def extract(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt."
+    ),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
+    split: str = typer.Option("test", "--split", "-s"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz file."),
+    adapters: bool = typer.Option(
+        True, "--adapters/--no-adapters", help="--no-adapters: the frozen encoders' own features."
+    ),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
+) -> None:
+    """Per-segment pooled visual/audio features with labels and sample ids, to one .npz file."""
+    from ..extract import save_features
+
+    feats = _features(checkpoint, data, split, adapters, recipe)[adapters]
+    path = save_features(out, feats)
+    console.print(
+        f"wrote {path}: visual {tuple(feats['visual'].shape)}, audio {tuple(feats['audio'].shape)}, "
+        f"{len(feats['sample_ids'])} samples ({'with' if adapters else 'without'} DG-SCT adapters)"
+    )
+
+
+@visualize_app.command("tsne")
+@friendly_errors
+def tsne(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt."
+    ),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
+    split: str = typer.Option("test", "--split", "-s"),
+    out: Path = typer.Option(..., "--out", "-o", help="Figure (.png); silhouettes go to <out>.json."),
+    modality: str = typer.Option("both", "--modality", help="visual, audio or both."),
+    seed: int = typer.Option(0, "--seed"),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
+) -> None:
+    """t-SNE of segment features, without vs with DG-SCT, with a silhouette score per panel."""
+    from ..viz.tsne import FeaturePanel, plot_tsne_panels
+
+    if modality not in ("visual", "audio", "both"):
+        raise ValueError(f"--modality must be visual, audio or both, got {modality!r}")
+    feats = _features(checkpoint, data, split, None, recipe)
+    base, ours = feats[False], feats[True]
+    labels = ours["segment_labels"].reshape(-1)
+    panels = []
+    for mod in ("visual", "audio") if modality == "both" else (modality,):
+        for name, f in (("frozen encoders", base), ("DG-SCT", ours)):
+            panels.append(FeaturePanel(f"{mod}: {name}", f[mod].reshape(len(labels), -1), labels))
+    class_names = [str(c) for c in ours["class_names"]]
+    background = int(ours["background_index"])
+    background = None if background < 0 else background
+    if background is not None and background == len(class_names):
+        class_names = class_names + ["background"]
+    scores = plot_tsne_panels(
+        panels, class_names, out, background_index=background, seed=seed, title=f"{split} split"
+    )
+    table = Table(
+        "panel", "points", "silhouette (features)", "silhouette (t-SNE)", title="t-SNE: separability"
+    )
+    for title, s in scores.items():
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(title, str(s["num_points"]), fmt(s["silhouette"]), fmt(s["silhouette_tsne"]))
+    console.print(table)
+    console.print(f"wrote {out} and {Path(out).with_suffix('.json')}")
+
+
+def _register_subapps() -> None:
+    from .prepare_cmd import prepare_app
+
+    app.add_typer(prepare_app, name="prepare")
+
+
+_register_subapps()
+
+
+def main() -> None:
+    app(prog_name="dgsct")

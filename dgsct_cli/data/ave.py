@@ -1,0 +1,368 @@
+"""AVE (Audio-Visual Event localisation): annotation reader and cache preparation.
+
+Raw layout (as published)::
+
+    <root>/Annotations.txt   header + one '&'-separated line per sample (all splits)
+    <root>/trainSet.txt      same format, no header (also valSet.txt, testSet.txt)
+    <root>/categories.txt    optional; must match the class order if present
+    <root>/AVE/<VideoID>.mp4
+
+A sample is an annotation line, not a video: a few videos carry two or three events (one line
+each), and some of those lines sit in different splits. Each video is decoded once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from .. import __version__
+from .cache import MANIFEST_NAME, atomic_write_json, build_manifest, decode_videos_to_cache
+
+__all__ = [
+    "AVE_HEADER",
+    "AVE_NUM_SEGMENTS",
+    "AVE_SPLIT_FILES",
+    "AnnotationRow",
+    "PrepareSummary",
+    "SkippedVideo",
+    "ave_sample_ids",
+    "prepare_ave",
+    "read_ave_annotations",
+    "segment_labels",
+    "summary_table",
+]
+
+AVE_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
+AVE_NUM_SEGMENTS = 10
+# Split name -> file, in the order samples are listed in the manifest.
+AVE_SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+REPORT_NAME = "prepare_report.json"
+
+
+class AnnotationRow(NamedTuple):
+    category: str
+    video_id: str
+    quality: str
+    start: int  # first event segment (whole seconds)
+    end: int  # one past the last event segment
+
+
+def segment_labels(
+    start: int, end: int, class_index: int, background_index: int, num_segments: int = AVE_NUM_SEGMENTS
+) -> list[int]:
+    """Per-segment labels: ``class_index`` on segments ``start..end-1``, background elsewhere."""
+    return [class_index if start <= t < end else background_index for t in range(num_segments)]
+
+
+def _parse_file(path: Path) -> list[tuple[int, AnnotationRow]]:
+    """``(line number, row)`` for every annotation line of ``path``."""
+    rows: list[tuple[int, AnnotationRow]] = []
+    with path.open(encoding="utf-8-sig") as fh:  # tolerate a BOM from Windows editors
+        for line_no, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if line_no == 1 and line.strip().lower() == AVE_HEADER.lower():
+                continue  # Annotations.txt has a header; the split files do not
+
+            def bad(problem: str, line_no: int = line_no) -> ValueError:
+                return ValueError(f"{path}:{line_no}: {problem}")
+
+            fields = line.split("&")
+            if len(fields) != 5:
+                raise bad(f"expected 5 '&'-separated fields ({AVE_HEADER}), got {len(fields)}: {line!r}")
+            category, video_id, quality, start_s, end_s = (f.strip() for f in fields)
+            if not category:
+                raise bad("empty Category")
+            if (
+                not video_id
+                or any(c.isspace() for c in video_id)
+                or "/" in video_id
+                or video_id.startswith(".")
+            ):
+                raise bad(f"invalid VideoID {video_id!r}")
+            try:
+                start, end = int(start_s), int(end_s)
+            except ValueError:
+                raise bad(f"StartTime/EndTime must be whole seconds, got {start_s!r}/{end_s!r}") from None
+            if not 0 <= start <= end <= AVE_NUM_SEGMENTS:
+                raise bad(f"need 0 <= StartTime <= EndTime <= {AVE_NUM_SEGMENTS}, got {start}..{end}")
+            rows.append((line_no, AnnotationRow(category, video_id, quality, start, end)))
+    return rows
+
+
+def _require(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.is_file():
+        expected = ", ".join(["Annotations.txt", *AVE_SPLIT_FILES.values()])
+        raise ValueError(f"{root}: missing {name} (an AVE root holds {expected} and the AVE/ video folder)")
+    return path
+
+
+def read_ave_annotations(root: str | Path) -> tuple[list[str], dict[str, list[AnnotationRow]]]:
+    """Parse the AVE annotation files under ``root``.
+
+    Returns ``(class_names, {"train": rows, "val": rows, "test": rows})``. Class order is the order
+    of first appearance in Annotations.txt (checked against categories.txt when present). Raises
+    ``ValueError("<file>:<line>: <problem>")`` on a malformed line and names a missing file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: AVE root folder not found")
+    annotations = _parse_file(_require(root, "Annotations.txt"))
+    class_names: list[str] = []
+    for _, row in annotations:
+        if row.category not in class_names:
+            class_names.append(row.category)
+    if not class_names:
+        raise ValueError(f"{root / 'Annotations.txt'}: no annotation lines")
+
+    categories_file = root / "categories.txt"
+    if categories_file.is_file():
+        listed = [
+            c.strip() for c in categories_file.read_text(encoding="utf-8-sig").splitlines() if c.strip()
+        ]
+        if listed != class_names:
+            raise ValueError(
+                f"{categories_file}: does not match the order of first appearance in Annotations.txt "
+                f"({len(listed)} vs {len(class_names)} names)"
+            )
+
+    splits: dict[str, list[AnnotationRow]] = {}
+    known = set(class_names)
+    for split, name in AVE_SPLIT_FILES.items():
+        path = _require(root, name)
+        numbered = _parse_file(path)
+        for line_no, row in numbered:
+            if row.category not in known:
+                raise ValueError(
+                    f"{path}:{line_no}: unknown category {row.category!r} (not in Annotations.txt)"
+                )
+        splits[split] = [row for _, row in numbered]
+    return class_names, splits
+
+
+def ave_sample_ids(splits: dict[str, list[AnnotationRow]]) -> dict[str, list[str]]:
+    """Unique sample ids ``<VideoID>_<start>_<end>``, with ``_2``, ``_3``... on repeats.
+
+    Repeats exist in the real data (one video, same times, two classes). Ids are assigned over all
+    splits in order, so they do not depend on which videos a run managed to decode.
+    """
+    bases = {split: [f"{r.video_id}_{r.start}_{r.end}" for r in rows] for split, rows in splits.items()}
+    all_bases = {b for split_bases in bases.values() for b in split_bases}
+    used: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for split, split_bases in bases.items():
+        ids = []
+        for base in split_bases:
+            sample_id, n = base, 1
+            # A suffixed id never takes a name that another line has as its base.
+            while sample_id in used or (n > 1 and sample_id in all_bases):
+                n += 1
+                sample_id = f"{base}_{n}"
+            used.add(sample_id)
+            ids.append(sample_id)
+        out[split] = ids
+    return out
+
+
+@dataclass
+class SkippedVideo:
+    video_id: str
+    reason: str
+    splits: list[str]  # the splits that lost samples because of this video
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    split_samples: dict[str, int]  # annotated samples per split
+    split_usable: dict[str, int]  # samples whose video is in the cache
+    videos: int  # distinct videos in the annotations
+    decoded: int  # decoded by this run
+    reused: int  # already in the cache from a previous run
+    skipped: list[SkippedVideo] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare_ave(
+    root: str | Path,
+    out: str | Path,
+    workers: int = 2,
+    image_size: int = 192,
+    sample_rate: int = 32000,
+    progress: bool | Progress = True,
+    console: Console | None = None,
+) -> PrepareSummary:
+    """Decode the AVE videos under ``root`` into a prepared cache at ``out``.
+
+    Resumable: videos already in the cache are not decoded again. Missing, corrupt and audio-less
+    videos are skipped and reported (summary, ``manifest.json`` and ``prepare_report.json``). Raises
+    ``ValueError`` for missing annotation files, malformed lines, or a split left without samples.
+    """
+    started = time.monotonic()
+    root, out = Path(root), Path(out)
+    class_names, splits = read_ave_annotations(root)
+    video_dir = root / "AVE"
+    if not video_dir.is_dir():
+        raise ValueError(f"{root}: missing the AVE/ folder with the <VideoID>.mp4 files")
+    background = len(class_names)
+    ids = ave_sample_ids(splits)
+
+    # Each video once, in order of first appearance; remember which splits use it.
+    video_splits: dict[str, list[str]] = {}
+    for split, rows in splits.items():
+        for row in rows:
+            video_splits.setdefault(row.video_id, [])
+            if split not in video_splits[row.video_id]:
+                video_splits[row.video_id].append(split)
+    videos = {vid: video_dir / f"{vid}.mp4" for vid in video_splits}
+
+    def account(
+        failed: dict[str, str], decoded: int, reused: int
+    ) -> tuple[PrepareSummary, list[dict[str, Any]]]:
+        """Summarise, write prepare_report.json and fail on an empty split."""
+        usable = [
+            (split, sample_id, row)
+            for split, rows in splits.items()
+            for sample_id, row in zip(ids[split], rows, strict=True)
+            if row.video_id not in failed
+        ]
+        skipped = [SkippedVideo(vid, reason, list(video_splits[vid])) for vid, reason in failed.items()]
+        summary = PrepareSummary(
+            out=out,
+            split_samples={split: len(rows) for split, rows in splits.items()},
+            split_usable={split: sum(1 for u in usable if u[0] == split) for split in splits},
+            videos=len(videos),
+            decoded=decoded,
+            reused=reused,
+            skipped=skipped,
+            seconds=time.monotonic() - started,
+        )
+        _write_report(out, root, summary)
+        for split, total in summary.split_samples.items():
+            problem = None
+            if total == 0:
+                problem = f"split '{split}' has no annotation lines in {root / AVE_SPLIT_FILES[split]}"
+            elif summary.split_usable[split] == 0:
+                lost = sum(1 for s in skipped if split in s.splits)
+                problem = (
+                    f"split '{split}' has no usable videos ({lost} skipped); see {out / REPORT_NAME} "
+                    f"for the reasons (videos expected in {video_dir})"
+                )
+            if problem:
+                # A stale manifest would describe videos this run could not find; drop it.
+                (out / MANIFEST_NAME).unlink(missing_ok=True)
+                raise ValueError(problem)
+        samples = [
+            {
+                "id": sample_id,
+                "video_id": row.video_id,
+                "split": split,
+                "targets": {
+                    "segment_labels": segment_labels(
+                        row.start, row.end, class_names.index(row.category), background
+                    ),
+                    "event_label": [class_names.index(row.category)],
+                },
+            }
+            for split, sample_id, row in usable
+        ]
+        return summary, samples
+
+    # Fail fast, before hours of decoding, when a whole split's files are absent.
+    out.mkdir(parents=True, exist_ok=True)
+    absent = {vid: "missing" for vid, path in videos.items() if not path.is_file()}
+    if absent:
+        account(absent, 0, 0)
+
+    outcome = decode_videos_to_cache(
+        videos,
+        out,
+        num_segments=AVE_NUM_SEGMENTS,
+        image_size=image_size,
+        sample_rate=sample_rate,
+        workers=workers,
+        progress=progress,
+        console=console,
+        description="decoding AVE videos",
+    )
+    summary, samples = account(outcome.failed, len(outcome.decoded), len(outcome.reused))
+    manifest = build_manifest(
+        dataset="ave",
+        num_segments=AVE_NUM_SEGMENTS,
+        image_size=image_size,
+        sample_rate=sample_rate,
+        class_names=class_names,
+        background_index=background,
+        samples=samples,
+        split_names=list(splits),
+        skipped=[asdict(s) for s in summary.skipped],
+        created_by=f"dgsct {__version__} prepare ave",
+    )
+    atomic_write_json(out / MANIFEST_NAME, manifest)
+    return summary
+
+
+def _write_report(out: Path, root: Path, summary: PrepareSummary) -> None:
+    atomic_write_json(
+        out / REPORT_NAME,
+        {
+            "dataset": "ave",
+            "root": str(root),
+            "splits": {
+                split: {
+                    "samples": total,
+                    "usable": summary.split_usable[split],
+                    "lost": total - summary.split_usable[split],
+                }
+                for split, total in summary.split_samples.items()
+            },
+            "videos": {
+                "total": summary.videos,
+                "decoded_now": summary.decoded,
+                "reused": summary.reused,
+                "skipped": len(summary.skipped),
+            },
+            "skipped": [asdict(s) for s in summary.skipped],
+        },
+    )
+
+
+def summary_table(summary: PrepareSummary, max_skipped: int = 30) -> Table:
+    """A rich table: usable/annotated samples per split, video counts and each skipped video."""
+    table = Table(title=f"prepared cache: {summary.out}", title_justify="left")
+    table.add_column("item")
+    table.add_column("count", justify="right")
+    table.add_column("details")
+    for split, total in summary.split_samples.items():
+        usable = summary.split_usable[split]
+        lost = total - usable
+        table.add_row(
+            f"{split} samples", f"{usable}/{total}", f"[yellow]{lost} lost[/yellow]" if lost else "all usable"
+        )
+    table.add_section()
+    table.add_row("videos", str(summary.videos), f"prepared in {summary.seconds:.1f} s")
+    table.add_row("decoded now", str(summary.decoded), "")
+    table.add_row("reused", str(summary.reused), "already in the cache")
+    table.add_row("skipped", str(len(summary.skipped)), "see prepare_report.json" if summary.skipped else "")
+    if summary.skipped:
+        table.add_section()
+        for entry in summary.skipped[:max_skipped]:
+            # escape: reasons are free text and may contain [brackets]
+            table.add_row(
+                f"[red]{escape(entry.video_id)}[/red]",
+                "",
+                f"{escape(entry.reason)} ({', '.join(entry.splits)})",
+            )
+        if len(summary.skipped) > max_skipped:
+            table.add_row("...", "", f"{len(summary.skipped) - max_skipped} more in prepare_report.json")
+    return table

@@ -1,0 +1,289 @@
+"""A small, learnable synthetic dataset in the real AVE layout (real .mp4 files).
+
+During an event the frames show a class colour with a class stripe pattern and the audio is a
+class tone; elsewhere the picture is noisy grey and the audio is faint noise. A model that works
+should separate the classes within a few epochs. ``break_dataset`` damages chosen videos so tests
+can exercise the missing / corrupt / audio-less paths of ``prepare``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import fractions
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .ave import AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
+
+__all__ = ["AVE_CATEGORIES", "break_dataset", "class_tone_hz", "write_synthetic_ave"]
+
+# The 28 AVE categories in the published class order (categories.txt).
+AVE_CATEGORIES = (
+    "Church bell",
+    "Male speech, man speaking",
+    "Bark",
+    "Fixed-wing aircraft, airplane",
+    "Race car, auto racing",
+    "Female speech, woman speaking",
+    "Helicopter",
+    "Violin, fiddle",
+    "Flute",
+    "Ukulele",
+    "Frying (food)",
+    "Truck",
+    "Shofar",
+    "Motorcycle",
+    "Acoustic guitar",
+    "Train horn",
+    "Clock",
+    "Banjo",
+    "Goat",
+    "Baby cry, infant cry",
+    "Bus",
+    "Chainsaw",
+    "Cat",
+    "Horse",
+    "Toilet flush",
+    "Rodents, rats, mice",
+    "Accordion",
+    "Mandolin",
+)
+# Marks a root written by this module, so we never overwrite a real dataset's annotations.
+MARKER = ".dgsct-synthetic"
+_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+
+
+def class_tone_hz(k: int) -> tuple[float, float]:
+    """``(tone frequency, tremolo rate)`` of class ``k``.
+
+    Tones go up by a fifth per class (440 * 1.5**k) for the first 8 classes, which stays under
+    8 kHz (so 16 kHz audio works); later classes reuse those tones with a distinct tremolo.
+    """
+    return 440.0 * 1.5 ** (k % 8), 3.0 * (k // 8)
+
+
+def _class_colour(k: int, num_classes: int) -> np.ndarray:
+    r, g, b = colorsys.hsv_to_rgb(k / max(num_classes, 1), 0.85, 0.9)
+    return np.array([r, g, b], dtype=np.float32) * 255.0
+
+
+def _class_pattern(k: int, size: int) -> np.ndarray:
+    """A [size, size] brightness factor: stripes whose direction and period depend on the class."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = 6.0 + 4.0 * (k // 4)
+    coord = (xx, yy, xx + yy, xx - yy)[k % 4]  # vertical, horizontal, two diagonals
+    stripes = (np.floor(coord / (period / 2)) % 2).astype(np.float32)
+    return 0.55 + 0.45 * stripes
+
+
+def _render_frames(seg_class: list[int], num_classes: int, size: int, fps: int, rng) -> np.ndarray:
+    frames = np.empty((len(seg_class) * fps, size, size, 3), dtype=np.uint8)
+    for f in range(frames.shape[0]):
+        k = seg_class[f // fps]
+        if k < 0:
+            img = np.full((size, size, 3), 128.0, dtype=np.float32) + rng.normal(0, 10, (size, size, 3))
+        else:
+            img = _class_colour(k, num_classes)[None, None, :] * _class_pattern(k, size)[:, :, None]
+            img = img + rng.normal(0, 5, (size, size, 3))
+        frames[f] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+def _render_audio(seg_class: list[int], sample_rate: int, rng) -> np.ndarray:
+    t = np.arange(sample_rate, dtype=np.float64) / sample_rate
+    parts = []
+    for k in seg_class:
+        if k < 0:
+            parts.append(rng.normal(0, 0.01, sample_rate))
+            continue
+        freq, tremolo = class_tone_hz(k)
+        envelope = 1.0 - 0.45 * (1.0 - np.cos(2 * np.pi * tremolo * t)) if tremolo else 1.0
+        parts.append(0.3 * envelope * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.02, sample_rate))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _video_codec() -> str:
+    import av
+
+    for name in ("libx264", "h264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # not built into this FFmpeg
+            continue
+        return name
+    raise RuntimeError("PyAV has no h264 or mpeg4 encoder")
+
+
+def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None, sample_rate: int) -> None:
+    """Encode ``frames`` (+ mono ``audio``) into ``path``, via a temp file so it is never partial."""
+    import av
+
+    tmp = path.with_name(f".tmp-{path.name}")
+    codec = _video_codec()
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        vstream = container.add_stream(codec, rate=fps)
+        vstream.width, vstream.height = frames.shape[2], frames.shape[1]
+        vstream.pix_fmt = "yuv420p"
+        if codec != "mpeg4":
+            vstream.options = {"preset": "ultrafast", "crf": "28"}
+        astream = None
+        if audio is not None:
+            astream = container.add_stream("aac", rate=sample_rate, layout="mono")
+            astream.bit_rate = 48000
+        for img in frames:
+            for packet in vstream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        if astream is not None and audio is not None:
+            chunk = 1024  # AAC frame size
+            for start in range(0, audio.shape[0], chunk):
+                frame = av.AudioFrame.from_ndarray(
+                    audio[None, start : start + chunk], format="fltp", layout="mono"
+                )
+                frame.sample_rate = sample_rate
+                frame.pts = start
+                frame.time_base = fractions.Fraction(1, sample_rate)
+                for packet in astream.encode(frame):
+                    container.mux(packet)
+            for packet in astream.encode():
+                container.mux(packet)
+    os.replace(tmp, path)
+
+
+def _video_ids(count: int, rng) -> list[str]:
+    ids: list[str] = []
+    while len(ids) < count:
+        candidate = "".join(rng.choice(_ID_ALPHABET, 11))
+        if candidate not in ids:
+            ids.append(candidate)
+    return ids
+
+
+def _assign_splits(classes: list[int], rng) -> list[str]:
+    """Per-class ~60/20/20 split; then make sure val and test are not empty."""
+    split_of = ["train"] * len(classes)
+    by_class: dict[int, list[int]] = {}
+    for i, k in enumerate(classes):
+        by_class.setdefault(k, []).append(i)
+    for members in by_class.values():
+        members = list(rng.permutation(members))
+        n = len(members)
+        n_eval = max(1, round(0.2 * n)) if n >= 3 else 0
+        for i in members[:n_eval]:
+            split_of[i] = "val"
+        for i in members[n_eval : 2 * n_eval]:
+            split_of[i] = "test"
+    for split in ("val", "test"):
+        if split not in split_of:
+            # Take a train video from the class with the most train videos.
+            counts = {k: sum(1 for i in m if split_of[i] == "train") for k, m in by_class.items()}
+            k = max(counts, key=lambda c: counts[c])
+            if sum(counts.values()) < 2:
+                continue  # cannot happen for num_videos >= 3; keeps train non-empty regardless
+            split_of[next(i for i in by_class[k] if split_of[i] == "train")] = split
+    return split_of
+
+
+def write_synthetic_ave(
+    root: str | Path,
+    num_videos: int = 24,
+    num_classes: int = 4,
+    image_size: int = 96,
+    fps: int = 8,
+    seconds: int = 10,
+    sample_rate: int = 32000,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic AVE dataset (annotations + ``AVE/<id>.mp4``) under ``root``.
+
+    Videos cycle through the first ``num_classes`` AVE categories; each has one event 2..10 s
+    long (the last video of a 6+ video set carries a second event of another class on its own
+    annotation line, as some real videos do). Deterministic for a given ``seed``.
+    """
+    if not 1 <= num_classes <= len(AVE_CATEGORIES):
+        raise ValueError(f"num_classes must be in 1..{len(AVE_CATEGORIES)}, got {num_classes}")
+    if num_videos < 3:
+        raise ValueError(
+            f"num_videos must be >= 3 so that train, val and test each get a video, got {num_videos}"
+        )
+    if image_size < 16 or image_size % 2:
+        raise ValueError(f"image_size must be an even number >= 16 (yuv420p), got {image_size}")
+    if seconds < 1 or seconds > AVE_NUM_SEGMENTS:
+        raise ValueError(f"seconds must be in 1..{AVE_NUM_SEGMENTS}, got {seconds}")
+    if sample_rate not in (16000, 32000):
+        raise ValueError(f"sample_rate must be 16000 or 32000, got {sample_rate}")
+    root = Path(root)
+    if (root / "Annotations.txt").exists() and not (root / MARKER).exists():
+        raise ValueError(
+            f"{root}: holds an Annotations.txt not written by write_synthetic_ave; refusing to overwrite"
+        )
+    (root / "AVE").mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by dgsct_cli.data.synthetic.write_synthetic_ave\n")
+
+    rng = np.random.default_rng(seed)
+    ids = _video_ids(num_videos, rng)
+    classes = [i % num_classes for i in range(num_videos)]
+    split_of = _assign_splits(classes, rng)
+
+    # lines[k] = (class, annotation text); one event per video, plus one two-event video.
+    lines: list[tuple[int, str, str]] = []
+    for i, (vid, k) in enumerate(zip(ids, classes, strict=True)):
+        seg_class = [-1] * seconds
+        length = int(rng.integers(2, seconds + 1)) if seconds >= 2 else seconds
+        start = int(rng.integers(0, seconds - length + 1))
+        events = [(k, start, start + length)]
+        if i == num_videos - 1 and num_videos >= 6 and num_classes >= 2 and seconds >= 4:
+            # Two events in one video: first and second half, different classes.
+            half = seconds // 2
+            events = [(k, 0, half), ((k + 1) % num_classes, half, seconds)]
+        for cls, s, e in events:
+            seg_class[s:e] = [cls] * (e - s)
+            lines.append((cls, split_of[i], f"{AVE_CATEGORIES[cls]}&{vid}&good&{s}&{e}"))
+        frames = _render_frames(seg_class, num_classes, image_size, fps, rng)
+        audio = _render_audio(seg_class, sample_rate, rng)
+        _write_mp4(root / "AVE" / f"{vid}.mp4", frames, fps, audio, sample_rate)
+
+    # Like the real file: grouped by category in class order, so first appearance == class index.
+    lines.sort(key=lambda line: line[0])
+    (root / "Annotations.txt").write_text("\n".join([AVE_HEADER, *(text for _, _, text in lines)]) + "\n")
+    for split, name in AVE_SPLIT_FILES.items():
+        body = "".join(text + "\n" for _, s, text in lines if s == split)
+        (root / name).write_text(body)
+    present = sorted({cls for cls, _, _ in lines})
+    (root / "categories.txt").write_text("".join(AVE_CATEGORIES[k] + "\n" for k in present))
+    return root
+
+
+def break_dataset(
+    root: str | Path,
+    missing: Iterable[str] = (),
+    corrupt: Iterable[str] = (),
+    no_audio: Iterable[str] = (),
+) -> None:
+    """Damage videos of a synthetic AVE root: delete (``missing``), overwrite with garbage bytes
+    (``corrupt``) or rewrite without the audio stream (``no_audio``)."""
+    import av
+
+    video_dir = Path(root) / "AVE"
+    for vid in missing:
+        (video_dir / f"{vid}.mp4").unlink(missing_ok=True)
+    for vid in corrupt:
+        garbage = np.random.default_rng(len(vid)).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+        (video_dir / f"{vid}.mp4").write_bytes(b"this is not a video\n" + garbage)
+    for vid in no_audio:
+        path = video_dir / f"{vid}.mp4"
+        tmp = path.with_name(f".tmp-{path.name}")
+        # Remux the video packets only; no re-encoding needed.
+        with av.open(str(path)) as src, av.open(str(tmp), mode="w", format="mp4") as dst:
+            in_stream = src.streams.video[0]
+            out_stream = dst.add_stream_from_template(in_stream)
+            for packet in src.demux(in_stream):
+                if packet.dts is None:
+                    continue  # the demuxer's final flush packet
+                packet.stream = out_stream
+                dst.mux(packet)
+        os.replace(tmp, path)

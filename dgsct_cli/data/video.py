@@ -1,0 +1,156 @@
+"""Decode one clip into per-second frames and a fixed-length mono waveform (decord).
+
+The layout matches the release's data pipeline (spec sections 1 and 7): ``num_segments`` frames,
+one per second, resized bicubically (no antialias) to ``image_size`` squared, and
+``num_segments`` seconds of mono audio at ``sample_rate``; a short clip's audio is tiled.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DecodeError", "decode_clip", "frame_indices", "resize_frames", "tile_audio"]
+
+
+class DecodeError(ValueError):
+    """A clip that cannot be used; ``reason`` is short enough for a report table.
+
+    Reasons: ``"missing"``, ``"corrupt: <message>"`` or ``"no audio"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# decord prefixes its messages with "[hh:mm:ss] /path/to/file.cc:123: "; drop that noise.
+_DECORD_PREFIX = re.compile(r"^\[[0-9:]+\]\s+\S+:\d+:\s*")
+
+
+def _short_message(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    first = next((line for line in text.splitlines() if line.strip()), text)
+    first = _DECORD_PREFIX.sub("", first.strip())
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def frame_indices(num_frames: int, fps: float, num_segments: int) -> np.ndarray:
+    """Index of the frame nearest the middle of each second (int64 ``[num_segments]``).
+
+    A clip shorter than ``num_segments`` seconds (or with an unusable fps) gets indices spread
+    evenly over the frames it has, so every segment still gets a frame.
+    """
+    if num_frames <= 0:
+        raise ValueError("the video has no frames")
+    if fps > 0 and math.isfinite(fps) and num_frames / fps >= num_segments:
+        # Round half up: "nearest" with a deterministic tie rule (Python's round() is banker's).
+        mids = np.floor((np.arange(num_segments) + 0.5) * fps + 0.5).astype(np.int64)
+        return np.minimum(mids, num_frames - 1)
+    return np.round(np.linspace(0, num_frames - 1, num_segments)).astype(np.int64)
+
+
+def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
+    """Bicubic resize of uint8 ``[S, H, W, 3]`` frames to ``[S, image_size, image_size, 3]``.
+
+    Resizes float values without antialiasing (what the release did), then rounds and clamps
+    back to uint8 so the cache stays compact.
+    """
+    if frames.shape[1] == image_size and frames.shape[2] == image_size:
+        return np.ascontiguousarray(frames)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=False)
+    x = x.round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def tile_audio(wave: np.ndarray, length: int) -> np.ndarray:
+    """Cut ``wave`` to ``length`` samples, repeating it first when it is shorter."""
+    if wave.size == 0:
+        raise ValueError("cannot tile an empty waveform")
+    if wave.shape[0] < length:
+        wave = np.tile(wave, -(-length // wave.shape[0]))
+    return np.ascontiguousarray(wave[:length], dtype=np.float32)
+
+
+def _open_failure(path: Path, exc: BaseException) -> str:
+    """Why decord could not open ``path``.
+
+    decord only says "Error reading <path>..." and logs FFmpeg's reason to stderr, so ask PyAV
+    (same FFmpeg) for a message worth putting in a report.
+    """
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "no video stream"
+    except Exception as probe_exc:  # PyAV raises a family of FFmpeg error classes
+        message = getattr(probe_exc, "strerror", None) or _short_message(probe_exc)
+        return str(message)
+    return _short_message(exc)
+
+
+def _decord():
+    # Imported lazily so that importing this module stays cheap and decord's global log level
+    # is set in whichever process does the decoding (worker processes included).
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
+
+
+def decode_clip(
+    path: str | Path,
+    num_segments: int = 10,
+    image_size: int = 192,
+    sample_rate: int = 32000,
+    num_threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``path`` into ``(frames, audio)``.
+
+    Returns frames uint8 ``[num_segments, image_size, image_size, 3]`` and audio float32
+    ``[num_segments * sample_rate]`` (mono). ``num_threads`` is passed to decord's video
+    reader (0 = decord's default). Raises :class:`DecodeError` for a missing file, a video that
+    decord cannot open or decode, or a clip without usable audio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError("missing")
+    decord = _decord()
+    # decord raises DECORDError for most failures and RuntimeError for some open errors.
+    errors = (decord.DECORDError, RuntimeError, ValueError, IndexError, OSError)
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=num_threads)
+    except errors as exc:
+        raise DecodeError(f"corrupt: {_open_failure(path, exc)}") from exc
+    try:
+        num_frames = len(reader)
+        fps = float(reader.get_avg_fps())
+        indices = frame_indices(num_frames, fps, num_segments)
+        frames = reader.get_batch(indices.tolist()).asnumpy()
+        del reader
+    except errors as exc:
+        raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
+    if frames.ndim != 4 or frames.shape[0] != num_segments or frames.shape[-1] != 3:
+        raise DecodeError(f"corrupt: unexpected frame batch shape {tuple(frames.shape)}")
+    frames = resize_frames(frames.astype(np.uint8, copy=False), image_size)
+
+    try:
+        audio_reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
+        wave = audio_reader[:].asnumpy()
+        del audio_reader
+    except errors as exc:
+        raise DecodeError("no audio") from exc
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    if wave.size == 0:
+        raise DecodeError("no audio")
+    if not np.isfinite(wave).all():
+        raise DecodeError("corrupt: non-finite audio samples")
+    return frames, tile_audio(wave, num_segments * sample_rate)

@@ -1,0 +1,79 @@
+"""Per-segment pooled features (what enters the task head), with labels and ids, to one file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from .evaluate import autocast_for, make_loader, progress_bar, to_device
+from .models.dgsct import DGSCTModel
+from .tasks.base import Task
+
+
+@torch.no_grad()
+def extract_features(
+    model: DGSCTModel,
+    dataset,
+    task: Task,
+    device: torch.device,
+    use_adapters: bool = True,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    precision: str = "auto",
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """``visual [N, T, Cv]``, ``audio [N, T, Ca]``, ``segment_labels [N, T]`` and sample ids.
+
+    With ``use_adapters=False`` the same frozen encoders run without DG-SCT (mean-pooled tokens),
+    the baseline the paper's t-SNE figure compares against.
+    """
+    model.eval()
+    loader = make_loader(dataset, batch_size, num_workers, device)
+    visual, audio, labels = [], [], []
+    with progress_bar(console, disable=not show_progress) as bar:
+        job = bar.add_task(
+            "features" + ("" if use_adapters else " (no adapters)"), total=len(loader), info=""
+        )
+        for batch in loader:
+            batch = to_device(batch, device)
+            with autocast_for(device, precision):
+                feats = model.encode(batch["frames"], batch["audio"], use_adapters=use_adapters)
+            visual.append(feats["visual"].float().cpu())
+            audio.append(feats["audio"].float().cpu())
+            labels.append(task.segment_labels(batch).cpu())
+            bar.advance(job)
+    return {
+        "visual": torch.cat(visual).numpy(),
+        "audio": torch.cat(audio).numpy(),
+        "segment_labels": torch.cat(labels).numpy(),
+        "sample_ids": np.array(dataset.sample_ids),
+        "class_names": np.array(dataset.class_names),
+        "background_index": np.array(-1 if dataset.background_index is None else dataset.background_index),
+        "use_adapters": np.array(use_adapters),
+        "task": np.array(task.name),
+        "split": np.array(dataset.split),
+    }
+
+
+def save_features(path: str | Path, features: dict[str, Any]) -> Path:
+    """One ``.npz`` file, written atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **features)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
