@@ -126,8 +126,9 @@ def load_official_checkpoint(
             f"expected a {task.upper()} release state dict"
         )
     if found != task:
+        article = "an" if found[0] in "aeiou" else "a"
         raise CheckpointError(
-            f"{name}: this is a {found.upper()} release checkpoint, expected {task.upper()}"
+            f"{name}: this is {article} {found.upper()} release checkpoint, expected {task.upper()}"
         )
     model = create_model(task, model_cfg, load_encoder_weights=False)
     load_release_state_dict(model, state, name, spec.unused_release_keys)

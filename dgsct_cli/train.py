@@ -334,7 +334,11 @@ class Trainer:
                 **stats,
                 "val": {k: v for k, v in val.items() if not isinstance(v, dict)},
             }
-            improved = metric is not None and (prog.best_metric is None or metric > prog.best_metric)
+            improved = metric is not None and (
+                prog.best_metric is None
+                or metric > prog.best_metric
+                or (self.task.select_ties and metric == prog.best_metric)
+            )
             if improved:
                 prog.best_metric, prog.best_epoch = metric, prog.epoch
             summary = {**record, "val": val, "best_metric": prog.best_metric, "best_epoch": prog.best_epoch}

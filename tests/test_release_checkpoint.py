@@ -100,5 +100,5 @@ def test_wrong_task_release_checkpoint_is_refused():
     if "avvp" not in available_tasks():
         pytest.skip("AVVP task not registered")
     state = release_state_dict_from_shapes(FIXTURES / "official_avvp_state_dict_shapes.json")
-    with pytest.raises(CheckpointError, match="this is a AVVP release checkpoint, expected AVE"):
+    with pytest.raises(CheckpointError, match="this is an AVVP release checkpoint, expected AVE"):
         load_official_checkpoint("ave", state)

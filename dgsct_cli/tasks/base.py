@@ -44,6 +44,7 @@ class Task:
     # A key that only this task's release checkpoints contain (detects the task of a file).
     release_marker: str = ""
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
+    select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
 
 
 TASKS: dict[str, Task] = {}
@@ -68,4 +69,4 @@ def available_tasks() -> list[str]:
 
 def _load_builtin_tasks() -> None:
     # Importing a task module registers it.
-    from . import ave  # noqa: F401
+    from . import ave, avvp  # noqa: F401
