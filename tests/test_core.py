@@ -224,6 +224,10 @@ def test_swin_v2_checkpoint_layouts_load_and_match(tmp_path, layout):
     cfg = tiny_model_config().visual
     torch.manual_seed(0)
     source = create_visual_encoder(cfg).eval()
+    for name, p in source.named_parameters():
+        if "norm" in name and name.endswith("weight"):
+            # timm zero-initialises the res-post-norms; non-zero values make every block count.
+            torch.nn.init.normal_(p, 1.0, 0.2)
     state = {k: v.clone() for k, v in source.state_dict().items()}
     state["head.fc.weight"] = torch.randn(5, source.num_features)  # a classifier the trunk drops
     state["head.fc.bias"] = torch.zeros(5)

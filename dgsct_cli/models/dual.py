@@ -8,7 +8,9 @@ pairs with block ``k`` of the shallower one; other blocks run plainly. Each pair
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
@@ -56,11 +58,46 @@ def _v2_mlp_half(block: SwinTransformerV2Block, x: torch.Tensor) -> torch.Tensor
     return block.drop_path2(block.norm2(block.mlp(x)))
 
 
-def _run(fn, *args, recompute: bool):
-    # Recompute only helps when something upstream needs gradients (the adapters do in training).
-    if recompute and torch.is_grad_enabled() and any(a.requires_grad for a in args):
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
+def _run(fn, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """``fn(x)``, with activation checkpointing when asked and something upstream needs gradients."""
+    if recompute and torch.is_grad_enabled() and x.requires_grad:
+        return checkpoint(fn, x, use_reentrant=False)
+    return fn(x)
+
+
+@contextmanager
+def _frozen_batchnorm_stats(module: nn.Module):
+    """Keep BatchNorm running statistics unchanged (batch statistics are still used in training).
+
+    The recomputation of a checkpointed adapter must not update them a second time.
+    """
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+def _adapt(adapter: DGSCTAdapter, x: torch.Tensor, y: torch.Tensor, recompute: bool):
+    """Run an adapter; with recompute its activations are rebuilt in backward instead of stored."""
+    if not (recompute and torch.is_grad_enabled()):
+        return adapter(x, y)
+    calls = {"n": 0}
+
+    def fn(x_: torch.Tensor, y_: torch.Tensor):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return adapter(x_, y_)
+        with _frozen_batchnorm_stats(adapter):
+            return adapter(x_, y_)
+
+    return checkpoint(fn, x, y, use_reentrant=False)
 
 
 class DualEncoder(nn.Module):
@@ -121,14 +158,15 @@ class DualEncoder(nn.Module):
         n, h, w, cv = v.shape
         _, ha, wa, ca = a.shape
         vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
-        ra, _ = self.audio_adapter_blocks_p1[i](at, vt)
-        rv, _ = self.vis_adapter_blocks_p1[i](vt, at)
-        v = v + _run(_v2_attn_half, v_block, v, recompute=self.recompute) + rv.view(n, h, w, cv)
-        a = _run(a_block, a, recompute=self.recompute) + ra.view(n, ha, wa, ca)
+        rc = self.recompute
+        ra, _ = _adapt(self.audio_adapter_blocks_p1[i], at, vt, rc)
+        rv, _ = _adapt(self.vis_adapter_blocks_p1[i], vt, at, rc)
+        v = v + _run(partial(_v2_attn_half, v_block), v, self.recompute) + rv.view(n, h, w, cv)
+        a = _run(a_block, a, self.recompute) + ra.view(n, ha, wa, ca)
         vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
-        ra, map_a = self.audio_adapter_blocks_p2[i](at, vt)
-        rv, map_v = self.vis_adapter_blocks_p2[i](vt, at)
-        v = v + _run(_v2_mlp_half, v_block, v, recompute=self.recompute) + rv.view(n, h, w, cv)
+        ra, map_a = _adapt(self.audio_adapter_blocks_p2[i], at, vt, rc)
+        rv, map_v = _adapt(self.vis_adapter_blocks_p2[i], vt, at, rc)
+        v = v + _run(partial(_v2_mlp_half, v_block), v, self.recompute) + rv.view(n, h, w, cv)
         a = a + ra.view(n, ha, wa, ca)
         return v, a, map_v, map_a
 
@@ -156,18 +194,18 @@ class DualEncoder(nn.Module):
             a_next = 0
             for j, v_block in enumerate(v_stage.blocks):
                 if j not in v_paired:
-                    v = _run(v_block, v, recompute=self.recompute)
+                    v = _run(v_block, v, self.recompute)
                     continue
                 i, p = v_paired[j]
                 # Audio blocks the pairing skips (a deeper audio stage) run plainly before their pair.
                 while a_next < p.audio_block:
                     if a_next not in a_paired:
-                        a = _run(a_stage.blocks[a_next], a, recompute=self.recompute)
+                        a = _run(a_stage.blocks[a_next], a, self.recompute)
                     a_next += 1
                 v, a, map_v, map_a = self._paired_step(i, v_block, a_stage.blocks[p.audio_block], v, a)
                 a_next = p.audio_block + 1
             for k in range(a_next, len(a_stage.blocks)):
-                a = _run(a_stage.blocks[k], a, recompute=self.recompute)
+                a = _run(a_stage.blocks[k], a, self.recompute)
         v = self.visual.norm(v)
         n = v.shape[0]
         pooled_v = torch.bmm(map_v, v.reshape(n, -1, v.shape[-1])).squeeze(1)

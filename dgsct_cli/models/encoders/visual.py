@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
+import torch.nn.functional as F
+from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 from torch import nn
 
 from ..weights import load_into, load_state_dict_file
@@ -25,6 +28,7 @@ class VisualConfig:
     weights: str | None = None  # local .safetensors/.bin/.pth, or "hub" to let timm download
     img_size: int = 192
     drop_path_rate: float = 0.1
+    fused_attention: bool = True  # scaled_dot_product_attention for the cosine window attention
     args: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny configs)
 
 
@@ -45,6 +49,8 @@ def create_visual_encoder(cfg: VisualConfig) -> SwinTransformerV2:
     )
     if not isinstance(model, SwinTransformerV2):
         raise ValueError(f"model.visual.name: {cfg.name!r} is not a Swin Transformer V2 model")
+    if cfg.fused_attention:
+        use_fused_attention(model)
     if from_hub:
         return model
     if cfg.weights is None:
@@ -52,6 +58,39 @@ def create_visual_encoder(cfg: VisualConfig) -> SwinTransformerV2:
         return model
     load_swin_weights(model, cfg.weights)
     return model
+
+
+def _fused_window_attention(self: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Swin-V2 cosine window attention through ``scaled_dot_product_attention`` (exact).
+
+    softmax(cos(q, k) * scale + bias + mask) v == SDPA(normalize(q) * scale, normalize(k), v,
+    attn_mask=bias + mask, scale=1): the logit scale moves onto q, the bias and the shift mask
+    become the additive mask, so the fused kernel never materialises intermediate copies.
+    """
+    windows, n, c = x.shape
+    bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
+    qkv = F.linear(x, self.qkv.weight, bias).reshape(windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+    q = F.normalize(q, dim=-1) * scale
+    k = F.normalize(k, dim=-1)
+    table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+    rel = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+    attn_bias = (16 * torch.sigmoid(rel)).to(q.dtype)  # [heads, n, n]
+    if mask is not None:
+        nw = mask.shape[0]
+        attn_bias = attn_bias.unsqueeze(0) + mask.unsqueeze(1).to(q.dtype)  # [nW, heads, n, n]
+        q, k, v = (t.view(windows // nw, nw, self.num_heads, n, -1) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=0.0, scale=1.0)
+    out = out.reshape(windows, self.num_heads, n, -1).transpose(1, 2).reshape(windows, n, c)
+    return self.proj_drop(self.proj(out))
+
+
+def use_fused_attention(model: SwinTransformerV2) -> None:
+    """Route every window attention of ``model`` through :func:`_fused_window_attention`."""
+    for module in model.modules():
+        if isinstance(module, WindowAttention):
+            module.forward = types.MethodType(_fused_window_attention, module)
 
 
 def load_swin_weights(model: SwinTransformerV2, path: str | Path | dict[str, torch.Tensor]) -> None:
