@@ -8,14 +8,13 @@ buffers the train-mode encoders update) and rebuild the frozen encoders from the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_output
 from .config import Recipe, recipe_from_dict, to_dict
 from .models.dgsct import DGSCTModel
 from .models.weights import CheckpointError, describe_keys
@@ -54,14 +53,8 @@ def save_checkpoint(
         "recipe": json.dumps(to_dict(recipe)),
         "metrics": json.dumps(metrics or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -198,7 +198,7 @@ def find_recipe(name_or_path: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    known = sorted(x.stem for x in REPO_RECIPES.glob("*.yaml")) if REPO_RECIPES.is_dir() else []
+    known = sorted({x.stem for folder in (Path("recipes"), REPO_RECIPES) for x in folder.glob("*.yaml")})
     raise RecipeError(f"{name_or_path}: recipe not found; known recipes: {', '.join(known) or 'none'}")
 
 

@@ -19,11 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist_utils
+from .atomic import atomic_output, atomic_write_bytes, atomic_write_json
 from .checkpoint import save_checkpoint
 from .config import Recipe, build_dataclass, recipe_to_yaml
-from .data.cache import PreparedCache, SegmentDataset, atomic_write_bytes, atomic_write_json
+from .data.cache import PreparedCache, SegmentDataset
 from .evaluate import autocast_for, evaluate, make_loader, resolve_device, to_device
 from .models.factory import create_model
+from .runtime import configure_runtime
 from .tasks.base import get_task
 
 STATE_FILE = "trainer_state.pt"
@@ -35,6 +37,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
+    """The release's Adam; the fused kernel (one pass, no per-tensor temporaries) where it exists."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
 @dataclass
 class Progression:
     epoch: int = 0  # epochs fully done
@@ -42,6 +50,12 @@ class Progression:
     global_step: int = 0  # optimiser steps
     best_metric: float | None = None
     best_epoch: int | None = None
+    # Running totals of the current epoch, so a mid-epoch resume logs the whole epoch.
+    epoch_loss_sum: float = 0.0
+    epoch_correct: float = 0.0
+    epoch_counted: float = 0.0
+    epoch_seen: float = 0.0
+    epoch_seconds: float = 0.0
 
 
 def open_dataset(recipe: Recipe, data_dir: str | Path, split: str) -> SegmentDataset:
@@ -62,7 +76,9 @@ def open_dataset(recipe: Recipe, data_dir: str | Path, split: str) -> SegmentDat
     )
 
 
-def ensure_data(recipe: Recipe, data_dir: str | Path, console: Console | None = None) -> Path:
+def ensure_data(
+    recipe: Recipe, data_dir: str | Path, console: Console | None = None, show_progress: bool = True
+) -> Path:
     """The prepared cache; tiny recipes write and prepare a synthetic dataset when it is absent."""
     data_dir = Path(data_dir)
     if (data_dir / "manifest.json").is_file():
@@ -73,15 +89,18 @@ def ensure_data(recipe: Recipe, data_dir: str | Path, console: Console | None = 
         )
     from .data.registry import prepare_synthetic
 
-    if console is not None:
+    if console is not None and show_progress:
         console.print(
             f"[cyan]{data_dir} does not exist: writing and preparing a synthetic {recipe.task.upper()} dataset there"
         )
+    head = build_dataclass(get_task(recipe.task).head_config, recipe.model.head, "model.head")
     prepare_synthetic(
         recipe.task,
         data_dir,
         videos=recipe.data.synthetic_videos,
         image_size=recipe.model.visual.img_size,
+        num_classes=head.num_classes,
+        progress=show_progress,
         console=console,
     )
     return data_dir
@@ -118,7 +137,8 @@ class Trainer:
             raise ValueError(f"{self.data_dir}: split '{r.data.train_split}' is empty")
         self.model = create_model(r.task, r.model).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=r.train.lr, weight_decay=r.train.weight_decay)
+        self.optimizer = make_optimizer(self.params, r.train)
+        configure_runtime(self.model, self.device)
         if r.train.scheduler.type == "step":
             self.scheduler = torch.optim.lr_scheduler.StepLR(
                 self.optimizer, step_size=r.train.scheduler.step_size, gamma=r.train.scheduler.gamma
@@ -159,9 +179,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        tmp = self.out / f".{STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out / STATE_FILE)
+        with atomic_output(self.out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
 
     def _load_state(self) -> Progression:
         from safetensors.torch import load_file
@@ -205,6 +224,8 @@ class Trainer:
                 self.scheduler.step()
                 prog.epoch += 1
                 prog.batch_in_epoch = 0
+                prog.epoch_loss_sum = prog.epoch_correct = prog.epoch_counted = prog.epoch_seen = 0.0
+                prog.epoch_seconds = 0.0
                 last_val = self._end_of_epoch(prog, epoch_stats)
         except KeyboardInterrupt:
             if self.is_main:
@@ -237,8 +258,13 @@ class Trainer:
             generator=torch.Generator().manual_seed(r.train.seed + prog.epoch),
         )
         self.model.train()
-        loss_sum = correct = counted = seen = 0.0
-        start = time.perf_counter()
+        loss_sum, correct, counted, seen = (
+            prog.epoch_loss_sum,
+            prog.epoch_correct,
+            prog.epoch_counted,
+            prog.epoch_seen,
+        )
+        start = time.perf_counter() - prog.epoch_seconds
         bar = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -268,6 +294,13 @@ class Trainer:
                 n = batch["frames"].shape[0]
                 c, k = self.task.batch_accuracy(out, batch)
                 loss_sum, correct, counted, seen = loss_sum + loss * n, correct + c, counted + k, seen + n
+                prog.epoch_loss_sum, prog.epoch_correct, prog.epoch_counted, prog.epoch_seen = (
+                    loss_sum,
+                    correct,
+                    counted,
+                    seen,
+                )
+                prog.epoch_seconds = time.perf_counter() - start
                 rate = seen / max(time.perf_counter() - start, 1e-9)
                 bar.update(
                     job,

@@ -45,7 +45,10 @@ def _build(optimised: bool, recompute: str, state=None):
 def _step(model, monkeypatch=None):
     model.train()
     frames, audio = tiny_inputs(2, seed=3)
-    batch = {"segment_labels": torch.tensor([[28] * 4 + [3] * 6, [5] * 10]), "event_label": torch.tensor([[3], [5]])}
+    batch = {
+        "segment_labels": torch.tensor([[28] * 4 + [3] * 6, [5] * 10]),
+        "event_label": torch.tensor([[3], [5]]),
+    }
     torch.manual_seed(123)
     out = model(frames=frames, audio=audio)
     loss, _ = ave_loss(out, batch, AVELossConfig())

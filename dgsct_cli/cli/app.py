@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+
+from .common import OPTIONS, console, err_console, friendly_errors, show_progress
 
 app = typer.Typer(
     help="DG-SCT for audio-visual downstream tasks: prepare data, train, evaluate, extract, visualise.",
@@ -24,18 +23,6 @@ recipes_app = typer.Typer(help="List and show recipes.", no_args_is_help=True)
 visualize_app = typer.Typer(help="Figures from trained checkpoints.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(visualize_app, name="visualize")
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-@dataclass
-class _Options:
-    quiet: bool = False
-    verbose: bool = False
-
-
-OPTIONS = _Options()
 
 
 @app.callback()
@@ -53,32 +40,8 @@ def _global(
     )
 
 
-def friendly_errors(fn):
-    """Bad input -> one red line naming the file and the problem, exit code 1 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError) as exc:
-            if OPTIONS.verbose:
-                raise
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def _show_progress() -> bool:
-    return not OPTIONS.quiet
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    from ..data.cache import atomic_write_json
+    from ..atomic import atomic_write_json
 
     atomic_write_json(path, obj)
 
@@ -205,13 +168,14 @@ def train(
         recipe = str(output / "recipe.yaml")
     r = load_recipe(recipe, overrides or [])
     output = output or Path("runs") / (r.name or "run")
-    data_dir = ensure_data(r, data or Path(r.data.path), err_console)
-    trainer = Trainer(r, data_dir, output, console=err_console, show_progress=_show_progress())
+    data_dir = ensure_data(r, data or Path(r.data.path), err_console, show_progress())
+    trainer = Trainer(r, data_dir, output, console=err_console, show_progress=show_progress())
     result = trainer.run(resume=resume)
     console.print(
         f"done: {result['epochs']} epochs, best {trainer.task.selection_metric} "
         f"{result['best_metric'] if result['best_metric'] is None else round(result['best_metric'], 2)} "
-        f"(epoch {result['best_epoch']}); checkpoints in {output}"
+        f"(epoch {result['best_epoch']}); checkpoints in {output}",
+        highlight=False,
     )
     if test:
         _evaluate(output, data_dir, r.data.test_split, output / "test_metrics.json", None, None)
@@ -246,7 +210,7 @@ def _evaluate(
         r.data.num_workers,
         r.train.precision,
         err_console,
-        _show_progress(),
+        show_progress(),
         description=f"eval {split}",
     )
     result = {
@@ -314,7 +278,7 @@ def _features(
             r.data.num_workers,
             r.train.precision,
             err_console,
-            _show_progress(),
+            show_progress(),
         )
     return feats
 
@@ -388,9 +352,11 @@ def tsne(
 
 
 def _register_subapps() -> None:
+    from .bench_cmd import bench
     from .prepare_cmd import prepare_app
 
     app.add_typer(prepare_app, name="prepare")
+    app.command("bench")(bench)
 
 
 _register_subapps()

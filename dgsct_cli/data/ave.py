@@ -14,23 +14,32 @@ each), and some of those lines sit in different splits. Each video is decoded on
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
-from rich.table import Table
 
 from .. import __version__
 from .cache import MANIFEST_NAME, atomic_write_json, build_manifest, decode_videos_to_cache
+
+# Re-exported: these used to live here and are shared with the other datasets now.
+from .report import (
+    REPORT_NAME,
+    PrepareSummary,
+    SkippedVideo,
+    raise_on_empty_split,
+    summary_table,
+    write_prepare_report,
+)
 
 __all__ = [
     "AVE_HEADER",
     "AVE_NUM_SEGMENTS",
     "AVE_SPLIT_FILES",
     "AnnotationRow",
+    "REPORT_NAME",
     "PrepareSummary",
     "SkippedVideo",
     "ave_sample_ids",
@@ -44,7 +53,6 @@ AVE_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 AVE_NUM_SEGMENTS = 10
 # Split name -> file, in the order samples are listed in the manifest.
 AVE_SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
-REPORT_NAME = "prepare_report.json"
 
 
 class AnnotationRow(NamedTuple):
@@ -174,25 +182,6 @@ def ave_sample_ids(splits: dict[str, list[AnnotationRow]]) -> dict[str, list[str
     return out
 
 
-@dataclass
-class SkippedVideo:
-    video_id: str
-    reason: str
-    splits: list[str]  # the splits that lost samples because of this video
-
-
-@dataclass
-class PrepareSummary:
-    out: Path
-    split_samples: dict[str, int]  # annotated samples per split
-    split_usable: dict[str, int]  # samples whose video is in the cache
-    videos: int  # distinct videos in the annotations
-    decoded: int  # decoded by this run
-    reused: int  # already in the cache from a previous run
-    skipped: list[SkippedVideo] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def prepare_ave(
     root: str | Path,
     out: str | Path,
@@ -247,21 +236,12 @@ def prepare_ave(
             skipped=skipped,
             seconds=time.monotonic() - started,
         )
-        _write_report(out, root, summary)
-        for split, total in summary.split_samples.items():
-            problem = None
-            if total == 0:
-                problem = f"split '{split}' has no annotation lines in {root / AVE_SPLIT_FILES[split]}"
-            elif summary.split_usable[split] == 0:
-                lost = sum(1 for s in skipped if split in s.splits)
-                problem = (
-                    f"split '{split}' has no usable videos ({lost} skipped); see {out / REPORT_NAME} "
-                    f"for the reasons (videos expected in {video_dir})"
-                )
-            if problem:
-                # A stale manifest would describe videos this run could not find; drop it.
-                (out / MANIFEST_NAME).unlink(missing_ok=True)
-                raise ValueError(problem)
+        write_prepare_report(out, root, summary, "ave")
+        raise_on_empty_split(
+            summary,
+            {split: root / name for split, name in AVE_SPLIT_FILES.items()},
+            f"videos expected in {video_dir}",
+        )
         samples = [
             {
                 "id": sample_id,
@@ -310,59 +290,3 @@ def prepare_ave(
     )
     atomic_write_json(out / MANIFEST_NAME, manifest)
     return summary
-
-
-def _write_report(out: Path, root: Path, summary: PrepareSummary) -> None:
-    atomic_write_json(
-        out / REPORT_NAME,
-        {
-            "dataset": "ave",
-            "root": str(root),
-            "splits": {
-                split: {
-                    "samples": total,
-                    "usable": summary.split_usable[split],
-                    "lost": total - summary.split_usable[split],
-                }
-                for split, total in summary.split_samples.items()
-            },
-            "videos": {
-                "total": summary.videos,
-                "decoded_now": summary.decoded,
-                "reused": summary.reused,
-                "skipped": len(summary.skipped),
-            },
-            "skipped": [asdict(s) for s in summary.skipped],
-        },
-    )
-
-
-def summary_table(summary: PrepareSummary, max_skipped: int = 30) -> Table:
-    """A rich table: usable/annotated samples per split, video counts and each skipped video."""
-    table = Table(title=f"prepared cache: {summary.out}", title_justify="left")
-    table.add_column("item")
-    table.add_column("count", justify="right")
-    table.add_column("details")
-    for split, total in summary.split_samples.items():
-        usable = summary.split_usable[split]
-        lost = total - usable
-        table.add_row(
-            f"{split} samples", f"{usable}/{total}", f"[yellow]{lost} lost[/yellow]" if lost else "all usable"
-        )
-    table.add_section()
-    table.add_row("videos", str(summary.videos), f"prepared in {summary.seconds:.1f} s")
-    table.add_row("decoded now", str(summary.decoded), "")
-    table.add_row("reused", str(summary.reused), "already in the cache")
-    table.add_row("skipped", str(len(summary.skipped)), "see prepare_report.json" if summary.skipped else "")
-    if summary.skipped:
-        table.add_section()
-        for entry in summary.skipped[:max_skipped]:
-            # escape: reasons are free text and may contain [brackets]
-            table.add_row(
-                f"[red]{escape(entry.video_id)}[/red]",
-                "",
-                f"{escape(entry.reason)} ({', '.join(entry.splits)})",
-            )
-        if len(summary.skipped) > max_skipped:
-            table.add_row("...", "", f"{len(summary.skipped) - max_skipped} more in prepare_report.json")
-    return table

@@ -5,6 +5,8 @@ Layout of a cache directory::
     manifest.json            what is in the cache (see ``validate_manifest``)
     frames/<video_id>.npy    uint8   [S, H, W, 3]
     audio/<video_id>.npy     float32 [S * sample_rate]  (mono)
+    <kind>/<video_id>.npy    float32, any fixed shape: one folder per name in the manifest's
+                             optional ``extra_arrays`` (e.g. AVVP's ``video_st`` [S, 512])
 
 Every file is written atomically (temp file in the same directory, then ``os.replace``), so an
 interrupted ``prepare`` leaves either a complete file or none; stray temp files are removed by the
@@ -18,7 +20,7 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -41,6 +43,7 @@ from rich.progress import (
 )
 from torch.utils.data import Dataset
 
+from ..atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_json
 from .video import DecodeError, decode_clip
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "MANIFEST_NAME",
     "TMP_PREFIX",
     "DecodeOutcome",
+    "ExtraArraySpec",
     "PreparedCache",
     "SegmentDataset",
     "array_path",
@@ -60,37 +64,21 @@ __all__ = [
     "make_progress",
     "remove_stale_temp_files",
     "validate_manifest",
+    "write_manifest",
 ]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Every temp file starts with this, so a later run can find and remove leftovers.
-TMP_PREFIX = ".tmp-"
 # timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD, copied so the data path does not import timm.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESERVED_ITEM_KEYS = frozenset({"frames", "audio", "index"})
+# Array kinds become folder names and item keys: keep them plain identifiers.
+_KIND_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 # --------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            # fsync so a crash right after os.replace cannot leave an empty file under the name.
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
@@ -100,18 +88,46 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented UTF-8 JSON atomically."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def _is_numeric_nest(value: Any) -> bool:
+    """A list of numbers, or a list of such lists (any depth)."""
+    if not isinstance(value, list):
+        return False
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or all(
+        _is_numeric_nest(v) for v in value
+    )
 
 
-def remove_stale_temp_files(directory: str | Path) -> int:
-    """Delete temp files left in ``directory`` and its ``frames``/``audio`` folders by an
-    interrupted run; returns how many were removed. Not safe while another run writes there."""
+def _json_text(obj: Any, depth: int = 0) -> str:
+    if isinstance(obj, list) and obj and _is_numeric_nest(obj):
+        return json.dumps(obj, separators=(",", ":"))
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(obj, dict) and obj:
+        items = [
+            f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_json_text(v, depth + 1)}"
+            for k, v in obj.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj:
+        return "[\n" + ",\n".join(inner + _json_text(v, depth + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def write_manifest(path: str | Path, manifest: Mapping[str, Any]) -> Path:
+    """Write a manifest atomically as indented JSON with every numeric list on one line.
+
+    Plain ``indent=2`` puts each number on its own line; dense per-segment targets such as
+    AVVP's ``[10][25]`` ground truth would then make a multi-megabyte file of mostly spaces.
+    """
+    return atomic_write_bytes(path, (_json_text(dict(manifest)) + "\n").encode("utf-8"))
+
+
+def remove_stale_temp_files(directory: str | Path, extra_kinds: Iterable[str] = ()) -> int:
+    """Delete temp files left in ``directory`` and its ``frames``/``audio`` (and ``extra_kinds``)
+    folders by an interrupted run; returns how many were removed. Not safe while another run
+    writes there."""
     removed = 0
     root = Path(directory)
-    for folder in (root, root / "frames", root / "audio"):
+    for folder in (root, root / "frames", root / "audio", *(root / k for k in extra_kinds)):
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
@@ -125,9 +141,12 @@ def remove_stale_temp_files(directory: str | Path) -> int:
 
 
 def array_path(cache_dir: str | Path, kind: str, video_id: str) -> Path:
-    """``<cache_dir>/<kind>/<video_id>.npy`` for ``kind`` in ``frames``/``audio``."""
-    if kind not in ("frames", "audio"):
-        raise ValueError(f"unknown array kind {kind!r} (expected 'frames' or 'audio')")
+    """``<cache_dir>/<kind>/<video_id>.npy`` for ``kind`` ``frames``, ``audio`` or an extra array."""
+    if not _KIND_RE.fullmatch(kind) or kind == "index":
+        raise ValueError(
+            f"unknown array kind {kind!r} (expected 'frames', 'audio' or an extra array name "
+            "made of letters, digits and '_')"
+        )
     # Video ids become file names: refuse anything that could escape the folder or hide the file.
     if not video_id or "/" in video_id or "\\" in video_id or video_id.startswith(".") or "\0" in video_id:
         raise ValueError(f"video id {video_id!r} cannot be used as a file name")
@@ -142,18 +161,46 @@ def _header_ok(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return tuple(arr.shape) == shape and arr.dtype == dtype
 
 
+@dataclass(frozen=True)
+class ExtraArraySpec:
+    """An extra per-video array computed in the decoding worker, right after ``decode_clip``.
+
+    ``compute(video_path, **options)`` must be a module-level function (workers are spawned, so
+    it is pickled by reference) returning an array of ``shape``; it is stored as
+    ``<kind>/<video_id>.npy`` in ``dtype``. Raising :class:`DecodeError` skips the video with that
+    reason; any other exception skips it with the exception's message.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    compute: Callable[..., np.ndarray]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+
+
 def cached_video_ok(
-    cache_dir: str | Path, video_id: str, num_segments: int, image_size: int, sample_rate: int
+    cache_dir: str | Path,
+    video_id: str,
+    num_segments: int,
+    image_size: int,
+    sample_rate: int,
+    extras: Sequence[ExtraArraySpec] = (),
 ) -> bool:
-    """True when both arrays of ``video_id`` exist with the expected shapes and dtypes.
+    """True when every array of ``video_id`` (frames, audio and ``extras``) exists with the
+    expected shape and dtype.
 
     Only the .npy headers are read, so checking thousands of videos on resume is quick; a file
     from a run with other settings (image size, sample rate) counts as absent.
     """
     frames = array_path(cache_dir, "frames", video_id)
     audio = array_path(cache_dir, "audio", video_id)
-    return _header_ok(frames, (num_segments, image_size, image_size, 3), np.dtype(np.uint8)) and _header_ok(
-        audio, (num_segments * sample_rate,), np.dtype(np.float32)
+    return (
+        _header_ok(frames, (num_segments, image_size, image_size, 3), np.dtype(np.uint8))
+        and _header_ok(audio, (num_segments * sample_rate,), np.dtype(np.float32))
+        and all(
+            _header_ok(array_path(cache_dir, s.kind, video_id), tuple(s.shape), np.dtype(s.dtype))
+            for s in extras
+        )
     )
 
 
@@ -166,6 +213,7 @@ class _DecodeJob:
     image_size: int
     sample_rate: int
     num_threads: int
+    extras: tuple[ExtraArraySpec, ...] = ()
 
 
 def _init_worker() -> None:
@@ -196,6 +244,20 @@ def _decode_job(job: _DecodeJob) -> tuple[str, str | None]:
         return job.video_id, exc.reason
     except Exception as exc:  # a decoder bug on one file must not stop a 4,000-video run
         return job.video_id, f"corrupt: {type(exc).__name__}: {exc}"[:200]
+    extra_arrays: dict[str, np.ndarray] = {}
+    for spec in job.extras:
+        try:
+            value = np.asarray(spec.compute(job.path, **dict(spec.options)), dtype=spec.dtype)
+        except DecodeError as exc:
+            return job.video_id, f"{spec.kind}: {exc.reason}"[:200]
+        except Exception as exc:
+            return job.video_id, f"{spec.kind} failed: {type(exc).__name__}: {exc}"[:200]
+        if value.shape != tuple(spec.shape):
+            return job.video_id, f"{spec.kind}: got shape {value.shape}, expected {tuple(spec.shape)}"
+        extra_arrays[spec.kind] = value
+    # Extras first, frames/audio last: an interrupted write leaves the video incomplete (redone).
+    for kind, value in extra_arrays.items():
+        atomic_save_npy(array_path(job.out, kind, job.video_id), value)
     atomic_save_npy(array_path(job.out, "frames", job.video_id), frames)
     atomic_save_npy(array_path(job.out, "audio", job.video_id), audio)
     return job.video_id, None
@@ -304,32 +366,41 @@ def decode_videos_to_cache(
     progress: bool | Progress = True,
     console: Console | None = None,
     description: str = "decoding videos",
+    extras: Sequence[ExtraArraySpec] = (),
 ) -> DecodeOutcome:
     """Decode every video (id -> file) once into ``out``'s ``frames/`` and ``audio/``.
 
-    Videos whose two arrays already exist with the right shapes are reused (resume). With
+    Videos whose arrays already exist with the right shapes are reused (resume). With
     ``workers > 1`` decoding runs in a spawn process pool; failures are collected per video
-    (``"missing"``, ``"corrupt: ..."``, ``"no audio"``), never raised.
+    (``"missing"``, ``"corrupt: ..."``, ``"no audio"``), never raised. Each of ``extras`` is
+    computed in the same worker call as the decoding and stored under ``<kind>/``.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
+    extras = tuple(extras)
+    for spec in extras:
+        array_path(out, spec.kind, "x")  # validates the kind as a folder name
     (out / "frames").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out)
+    for spec in extras:
+        (out / spec.kind).mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out, [s.kind for s in extras])
 
     outcome = DecodeOutcome()
     jobs: list[_DecodeJob] = []
     results: dict[str, str | None] = {}
     for video_id, path in videos.items():
-        if cached_video_ok(out, video_id, num_segments, image_size, sample_rate):
+        if cached_video_ok(out, video_id, num_segments, image_size, sample_rate, extras):
             outcome.reused.append(video_id)
         elif not Path(path).is_file():
             results[video_id] = "missing"  # no need to start a worker to find that out
         else:
             threads = 1 if workers > 1 else 0
             jobs.append(
-                _DecodeJob(video_id, str(path), str(out), num_segments, image_size, sample_rate, threads)
+                _DecodeJob(
+                    video_id, str(path), str(out), num_segments, image_size, sample_rate, threads, extras
+                )
             )
 
     # No bar when everything is reused; a caller's Progress gets a task, ours is started here.
@@ -386,6 +457,18 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
 
 
+def _numeric_shape(values: Any) -> tuple[int, ...] | None:
+    """Shape of a list of finite numbers or of a rectangular nest of them; None otherwise."""
+    if not isinstance(values, list):
+        return None
+    if all(_is_number(v) for v in values):
+        return (len(values),)
+    inner = {_numeric_shape(v) for v in values}
+    if len(inner) != 1 or None in inner:
+        return None  # ragged, or something that is not a number
+    return (len(values), *inner.pop())
+
+
 def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> dict[str, Any]:
     """Check a manifest's structure; raises ``ValueError('<where>: <problem>')``."""
     if not isinstance(manifest, dict):
@@ -408,6 +491,17 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> dict[str, An
     bg = manifest.get("background_index", "absent")
     if bg is not None and not _is_int(bg):
         raise _fail(where, f"'background_index' must be an integer or null, got {bg!r}")
+    # Optional: caches written before extra arrays existed (AVE) simply have none.
+    extra = manifest.get("extra_arrays", [])
+    if (
+        not isinstance(extra, list)
+        or not all(isinstance(k, str) and _KIND_RE.fullmatch(k) for k in extra)
+        or len(set(extra)) != len(extra)
+    ):
+        raise _fail(where, f"'extra_arrays' must be a list of distinct array names, got {extra!r}")
+    if set(extra) & _RESERVED_ITEM_KEYS:
+        raise _fail(where, f"'extra_arrays' may not use the reserved names {sorted(_RESERVED_ITEM_KEYS)}")
+    taken = _RESERVED_ITEM_KEYS | set(extra)
 
     samples = manifest.get("samples")
     if not isinstance(samples, list):
@@ -426,10 +520,14 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> dict[str, An
         if not isinstance(targets, dict):
             raise _fail(where, f"samples[{i}] needs a 'targets' object")
         for name, values in targets.items():
-            if name in _RESERVED_ITEM_KEYS:
+            if name in taken:
                 raise _fail(where, f"samples[{i}]: target name {name!r} is reserved")
-            if not isinstance(values, list) or not all(_is_number(v) for v in values):
-                raise _fail(where, f"samples[{i}]: target {name!r} must be a list of numbers")
+            if _numeric_shape(values) is None:
+                raise _fail(
+                    where,
+                    f"samples[{i}]: target {name!r} must be a list of numbers "
+                    "or a rectangular nested list of numbers",
+                )
 
     splits = manifest.get("splits")
     if not isinstance(splits, dict):
@@ -458,9 +556,16 @@ def build_manifest(
     split_names: Sequence[str],
     skipped: Iterable[Mapping[str, Any]],
     created_by: str,
+    extra_arrays: Sequence[str] = (),
+    info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble and validate a manifest; ``samples`` are the usable ones only, and ``splits``
-    is derived from each sample's ``split`` (every name in ``split_names`` is present)."""
+    is derived from each sample's ``split`` (every name in ``split_names`` is present).
+
+    ``extra_arrays`` names per-video arrays stored as ``<kind>/<video_id>.npy`` (returned by
+    ``SegmentDataset`` under that name); ``info`` is free-form provenance. Both keys are left out
+    when empty, so manifests without them read exactly as before.
+    """
     sample_list = [dict(s) for s in samples]
     splits: dict[str, list[int]] = {name: [] for name in split_names}
     for i, sample in enumerate(sample_list):
@@ -482,6 +587,10 @@ def build_manifest(
         "skipped": [dict(s) for s in skipped],
         "created_by": created_by,
     }
+    if extra_arrays:
+        manifest["extra_arrays"] = list(extra_arrays)
+    if info:
+        manifest["info"] = dict(info)
     return validate_manifest(manifest, "manifest")
 
 
@@ -537,6 +646,11 @@ class PreparedCache:
     def splits(self) -> dict[str, list[int]]:
         return self.manifest["splits"]
 
+    @property
+    def extra_arrays(self) -> list[str]:
+        """Names of the extra per-video arrays (``<kind>/<video_id>.npy``); empty for AVE."""
+        return list(self.manifest.get("extra_arrays", []))
+
     def split_indices(self, split: str) -> list[int]:
         """Sample indices (into ``samples``) of ``split``."""
         if split not in self.splits:
@@ -558,8 +672,19 @@ class PreparedCache:
         """Memory-mapped float32 ``[S * sample_rate]``."""
         return self._load("audio", video_id)
 
+    def array(self, kind: str, video_id: str) -> np.ndarray:
+        """Memory-mapped extra array ``kind`` (one of ``extra_arrays``) of ``video_id``."""
+        if kind not in self.extra_arrays:
+            listed = ", ".join(repr(k) for k in self.extra_arrays) or "none"
+            raise ValueError(f"{self.path}: no extra array {kind!r} in this cache (it has: {listed})")
+        return self._load(kind, video_id)
+
 
 def _target_tensor(values: list) -> torch.Tensor:
+    if values and isinstance(values[0], list):
+        # Nested (e.g. [T][C] ground truth): same dtype rule over all leaves.
+        tensor = torch.tensor(values)
+        return tensor.float() if tensor.is_floating_point() else tensor.long()
     if all(_is_int(v) for v in values):
         return torch.tensor(values, dtype=torch.long)
     return torch.tensor(values, dtype=torch.float32)
@@ -570,8 +695,10 @@ class SegmentDataset(Dataset):
 
     Item keys: ``frames`` float32 ``[S, 3, H, W]``; ``audio`` float32
     ``[S, sample_rate * segment_tiling]`` (each 1-s segment repeated back to back, the release's
-    tiling); ``index`` (position in this dataset; ``sample_ids[index]`` names it); and one tensor
-    per target of the sample (long when all values are ints, else float32).
+    tiling); ``index`` (position in this dataset; ``sample_ids[index]`` names it); one float32
+    tensor per name in the manifest's ``extra_arrays`` (e.g. ``video_st`` ``[S, 512]``); and one
+    tensor per target of the sample, shaped like its (possibly nested) list (long when all values
+    are ints, else float32).
     """
 
     def __init__(
@@ -595,6 +722,7 @@ class SegmentDataset(Dataset):
         self.image_size = image_size or cache.image_size
         self.sample_rate = sample_rate or cache.sample_rate
         self.segment_tiling = segment_tiling
+        self.extra_arrays = cache.extra_arrays
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -635,6 +763,10 @@ class SegmentDataset(Dataset):
             "audio": self._audio(sample["video_id"]),
             "index": i,
         }
+        for kind in self.extra_arrays:
+            item[kind] = torch.from_numpy(
+                np.array(self.cache.array(kind, sample["video_id"]), dtype=np.float32)
+            )
         for name, values in sample["targets"].items():
             item[name] = _target_tensor(values)
         return item

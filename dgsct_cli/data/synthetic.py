@@ -1,4 +1,4 @@
-"""A small, learnable synthetic dataset in the real AVE layout (real .mp4 files).
+"""Small, learnable synthetic datasets in the real AVE and LLP (AVVP) layouts (real .mp4 files).
 
 During an event the frames show a class colour with a class stripe pattern and the audio is a
 class tone; elsewhere the picture is noisy grey and the audio is faint noise. A model that works
@@ -16,9 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tasks.avvp_metrics import AVVP_CLASSES
 from .ave import AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
+from .avvp import AVVP_EVAL_FILES, AVVP_NUM_SEGMENTS, AVVP_SPLIT_FILES, VIDEO_ST_DIM
 
-__all__ = ["AVE_CATEGORIES", "break_dataset", "class_tone_hz", "write_synthetic_ave"]
+__all__ = [
+    "AVE_CATEGORIES",
+    "LLP_MODALITIES",
+    "break_dataset",
+    "class_tone_hz",
+    "write_synthetic_ave",
+    "write_synthetic_llp",
+]
 
 # The 28 AVE categories in the published class order (categories.txt).
 AVE_CATEGORIES = (
@@ -263,12 +272,14 @@ def break_dataset(
     missing: Iterable[str] = (),
     corrupt: Iterable[str] = (),
     no_audio: Iterable[str] = (),
+    video_dir: str | Path | None = None,
 ) -> None:
-    """Damage videos of a synthetic AVE root: delete (``missing``), overwrite with garbage bytes
-    (``corrupt``) or rewrite without the audio stream (``no_audio``)."""
+    """Damage videos of a synthetic root: delete (``missing``), overwrite with garbage bytes
+    (``corrupt``) or rewrite without the audio stream (``no_audio``). Videos are
+    ``<video_dir>/<id>.mp4``; ``video_dir`` defaults to ``<root>/AVE`` (use ``<root>/video`` for LLP)."""
     import av
 
-    video_dir = Path(root) / "AVE"
+    video_dir = Path(video_dir) if video_dir is not None else Path(root) / "AVE"
     for vid in missing:
         (video_dir / f"{vid}.mp4").unlink(missing_ok=True)
     for vid in corrupt:
@@ -287,3 +298,146 @@ def break_dataset(
                 packet.stream = out_stream
                 dst.mux(packet)
         os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- LLP (AVVP)
+
+# How an LLP event shows: heard only, seen only, or both (the AVVP ground truth distinguishes them).
+LLP_MODALITIES = ("audio", "visual", "audio-visual")
+_LLP_FILES = (*AVVP_SPLIT_FILES.values(), *AVVP_EVAL_FILES.values())
+
+
+def _llp_events(index: int, num_classes: int, seconds: int, rng) -> list[tuple[int, str, int, int]]:
+    """1-2 events ``(class, modality, onset, offset)`` of distinct classes; the first class cycles
+    through the classes so that every class occurs."""
+    count = 2 if num_classes >= 2 and rng.random() < 0.5 else 1
+    classes = [index % num_classes]
+    if count == 2:
+        others = [k for k in range(num_classes) if k != classes[0]]
+        classes.append(int(rng.choice(others)))
+    events = []
+    for k in classes:
+        length = int(rng.integers(2, seconds + 1)) if seconds >= 2 else 1
+        onset = int(rng.integers(0, seconds - length + 1))
+        events.append((k, LLP_MODALITIES[int(rng.integers(0, 3))], onset, onset + length))
+    return events
+
+
+def _render_llp_frames(
+    visual: list[tuple[int, int, int]], num_classes: int, size: int, fps: int, seconds: int, rng
+) -> np.ndarray:
+    """Background frames with each visual event's picture; two simultaneous visual events share
+    the picture (top half / bottom half)."""
+    frames = _render_frames([-1] * seconds, num_classes, size, fps, rng)
+    layers = [
+        (s, e, _render_frames([k if s <= t < e else -1 for t in range(seconds)], num_classes, size, fps, rng))
+        for k, s, e in visual
+    ]
+    half = size // 2
+    for f in range(frames.shape[0]):
+        active = [layer for s, e, layer in layers if s <= f // fps < e]
+        if len(active) == 1:
+            frames[f] = active[0][f]
+        elif len(active) >= 2:
+            frames[f, :half] = active[0][f, :half]
+            frames[f, half:] = active[1][f, half:]
+    return frames
+
+
+def _render_llp_audio(audible: list[tuple[int, int, int]], seconds: int, sample_rate: int, rng) -> np.ndarray:
+    """Faint noise, plus each audible event's class tone over its segments (tones add up)."""
+    if not audible:
+        return _render_audio([-1] * seconds, sample_rate, rng)
+    tracks = [
+        _render_audio([k if s <= t < e else -1 for t in range(seconds)], sample_rate, rng)
+        for k, s, e in audible
+    ]
+    return np.sum(tracks, axis=0).astype(np.float32)
+
+
+def write_synthetic_llp(
+    root: str | Path,
+    num_videos: int = 24,
+    num_classes: int = 4,
+    image_size: int = 96,
+    fps: int = 8,
+    seconds: int = 10,
+    sample_rate: int = 32000,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic LLP dataset under ``root``: the five AVVP CSVs (tab-separated, real
+    headers), ``video/<filename>.mp4`` and ``feats/r2plus1d_18/<YouTubeID>.npy``.
+
+    Classes are the first ``num_classes`` AVVP classes. Each video has 1-2 events, each heard only,
+    seen only or both, with random onsets/offsets; the weak labels list every event's class and the
+    eval CSVs list the audio and visual events of the val/test videos. The ``[10, 512]`` features
+    carry the visual signal (a class vector during visual events, plus noise), so ``--features``
+    works on this root. About 60/20/20 train/val/test, each split non-empty. Deterministic for
+    a given ``seed``. Refuses to overwrite AVVP CSVs it did not write. (decord cannot read back
+    some tiny frame sizes, e.g. 16 or 48; 32, 64 and 96 work.)
+    """
+    if not 1 <= num_classes <= len(AVVP_CLASSES):
+        raise ValueError(f"num_classes must be in 1..{len(AVVP_CLASSES)}, got {num_classes}")
+    if num_videos < 3:
+        raise ValueError(
+            f"num_videos must be >= 3 so that train, val and test each get a video, got {num_videos}"
+        )
+    if image_size < 16 or image_size % 2:
+        raise ValueError(f"image_size must be an even number >= 16 (yuv420p), got {image_size}")
+    if seconds < 1 or seconds > AVVP_NUM_SEGMENTS:
+        raise ValueError(f"seconds must be in 1..{AVVP_NUM_SEGMENTS}, got {seconds}")
+    if sample_rate not in (16000, 32000):
+        raise ValueError(f"sample_rate must be 16000 or 32000, got {sample_rate}")
+    root = Path(root)
+    if any((root / name).exists() for name in _LLP_FILES) and not (root / MARKER).exists():
+        raise ValueError(
+            f"{root}: holds AVVP annotation files not written by write_synthetic_llp; refusing to overwrite"
+        )
+    video_dir = root / "video"
+    feats_dir = root / "feats" / "r2plus1d_18"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    feats_dir.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by dgsct_cli.data.synthetic.write_synthetic_llp\n")
+
+    rng = np.random.default_rng(seed)
+    # Separate stream for the class vectors, so they do not depend on num_videos.
+    prototypes = np.abs(np.random.default_rng([seed, 512]).normal(0.0, 1.0, (num_classes, VIDEO_ST_DIM)))
+    ids = _video_ids(num_videos, rng)
+    names = [
+        f"{vid}_{10 * int(s)}_{10 * int(s) + 10}" for vid, s in zip(ids, rng.integers(0, 30, num_videos))
+    ]
+    n_eval = max(1, round(0.2 * num_videos))
+    order = rng.permutation(num_videos)
+    split_of = ["train"] * num_videos
+    for i in order[:n_eval]:
+        split_of[i] = "val"
+    for i in order[n_eval : 2 * n_eval]:
+        split_of[i] = "test"
+
+    split_lines: dict[str, list[str]] = {split: [] for split in AVVP_SPLIT_FILES}
+    eval_lines: dict[str, list[str]] = {kind: [] for kind in AVVP_EVAL_FILES}
+    for i, (vid, name) in enumerate(zip(ids, names)):
+        events = _llp_events(i, num_classes, seconds, rng)
+        audible = [(k, s, e) for k, m, s, e in events if m != "visual"]
+        visual = [(k, s, e) for k, m, s, e in events if m != "audio"]
+        frames = _render_llp_frames(visual, num_classes, image_size, fps, seconds, rng)
+        audio = _render_llp_audio(audible, seconds, sample_rate, rng)
+        _write_mp4(video_dir / f"{name}.mp4", frames, fps, audio, sample_rate)
+
+        feats = np.abs(rng.normal(0.0, 0.3, (AVVP_NUM_SEGMENTS, VIDEO_ST_DIM)))
+        for k, s, e in visual:
+            feats[s:e] += prototypes[k]
+        np.save(feats_dir / f"{vid}.npy", feats.astype(np.float32))
+
+        split_lines[split_of[i]].append(f"{name}\t{','.join(AVVP_CLASSES[k] for k, _, _, _ in events)}")
+        if split_of[i] != "train":
+            for kind, rows in (("audio", audible), ("visual", visual)):
+                eval_lines[kind].extend(f"{name}\t{s}\t{e}\t{AVVP_CLASSES[k]}" for k, s, e in rows)
+
+    for split, name in AVVP_SPLIT_FILES.items():
+        (root / name).write_text("\n".join(["filename\tevent_labels", *split_lines[split]]) + "\n")
+    for kind, name in AVVP_EVAL_FILES.items():
+        (root / name).write_text(
+            "\n".join(["filename\tonset\toffset\tevent_labels", *eval_lines[kind]]) + "\n"
+        )
+    return root

@@ -32,7 +32,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.recompute not in ("auto", "on", "off"):
-            raise ValueError(f"model.recompute must be 'auto', 'on' or 'off', got {self.recompute!r}")
+            raise ValueError(f"recompute must be 'auto', 'on' or 'off', got {self.recompute!r}")
 
 
 class DGSCTModel(nn.Module):

@@ -23,7 +23,7 @@ class AVELossConfig:
 
     def __post_init__(self) -> None:
         if self.gate_loss not in ("release", "bce"):
-            raise ValueError(f"loss.gate_loss must be 'release' or 'bce', got {self.gate_loss!r}")
+            raise ValueError(f"gate_loss must be 'release' or 'bce', got {self.gate_loss!r}")
 
 
 def ave_targets(batch: dict[str, Any], background: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +122,7 @@ AVE = register_task(
         selection_metric="accuracy",
         metrics_table=ave_metrics_table,
         segment_labels=lambda batch: batch["segment_labels"],
+        target_keys=("segment_labels", "event_label"),
         unused_release_keys=AVE_UNUSED_RELEASE_KEYS,
         release_marker="CMBS.localize_module.classifier.weight",
     )

@@ -133,6 +133,7 @@ AVVP = register_task(
         metrics_table=avvp_metrics_table,
         segment_labels=video_segment_labels,
         head_inputs=("video_st",),
+        target_keys=("labels",),
         unused_release_keys={**MGN_UNUSED_RELEASE_KEYS, **_AVVP_ADAPTER_UNUSED},
         release_marker="fc_prob_a.weight",
         use_mixup=True,

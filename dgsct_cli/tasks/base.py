@@ -39,6 +39,8 @@ class Task:
     segment_labels: Callable[[dict[str, Any]], torch.Tensor]
     # Batch keys passed to the head besides the pooled features (e.g. AVVP's 3-D features).
     head_inputs: tuple[str, ...] = ()
+    # Batch keys the loss reads (targets); benchmarks make random ones of these.
+    target_keys: tuple[str, ...] = ()
     # Release checkpoint keys the release builds but never uses: regex -> reason.
     unused_release_keys: dict[str, str] = field(default_factory=dict)
     # A key that only this task's release checkpoints contain (detects the task of a file).

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_output
 
 __all__ = [
     "FeaturePanel",
@@ -164,19 +165,8 @@ def _palette(n: int) -> list[tuple[float, float, float]]:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    # Write to a sibling temp file then rename, so readers never see a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600; figures and score files are meant to be shared like any output.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, suffix=suffix) as tmp:
+        write(str(tmp))
 
 
 def _class_name(class_names: list[str], idx: int) -> str:

@@ -48,11 +48,9 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         if len(self.depths) != len(self.num_heads):
-            raise ValueError("model.audio.depths and model.audio.num_heads must have the same length")
+            raise ValueError("depths and num_heads must have the same length")
         if self.spec_size % self.mel_bins:
-            raise ValueError(
-                f"model.audio.spec_size ({self.spec_size}) must be a multiple of mel_bins ({self.mel_bins})"
-            )
+            raise ValueError(f"spec_size ({self.spec_size}) must be a multiple of mel_bins ({self.mel_bins})")
 
     @property
     def freq_ratio(self) -> int:

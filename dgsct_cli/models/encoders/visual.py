@@ -60,7 +60,9 @@ def create_visual_encoder(cfg: VisualConfig) -> SwinTransformerV2:
     return model
 
 
-def _fused_window_attention(self: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _fused_window_attention(
+    self: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Swin-V2 cosine window attention through ``scaled_dot_product_attention`` (exact).
 
     softmax(cos(q, k) * scale + bias + mask) v == SDPA(normalize(q) * scale, normalize(k), v,

@@ -1,0 +1,58 @@
+"""Atomic file output: write a sibling temp file, then rename, so readers never see half a file.
+
+Temp files start with ``TMP_PREFIX`` so a later run can recognise and remove leftovers; finished
+files get the ordinary permissions the umask gives (``mkstemp`` alone would leave them 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success it replaces ``path``, on error it vanishes.
+
+    ``suffix`` keeps writers that choose a format from the extension (matplotlib) happy.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (fsynced, so a crash cannot leave an empty file)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))

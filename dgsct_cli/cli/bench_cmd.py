@@ -1,0 +1,60 @@
+"""``dgsct bench``: time a recipe's model on random inputs (register with ``app.command("bench")(bench)``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, friendly_errors
+
+
+@friendly_errors
+def bench(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (recipes/<name>.yaml) or path."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Default: the recipe's train (or eval) batch size."
+    ),
+    steps: int = typer.Option(3, "--steps", min=1, help="Timed steps (the median is reported)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed steps first."),
+    random_init: bool = typer.Option(
+        True,
+        "--random-init/--load-weights",
+        help="Random encoder weights (no weight files needed) or the recipe's weight files.",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    recompute: bool | None = typer.Option(
+        None,
+        "--recompute/--no-recompute",
+        help="Force activation checkpointing of the encoders on/off (default: the recipe's model.recompute).",
+    ),
+    mode: str = typer.Option("train", "--mode", help="train (forward, backward, Adam step) or eval."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Prepared cache: also measure the DataLoader's samples/s."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results here (JSON)."),
+    overrides: list[str] = typer.Argument(None, help="key.path=value recipe overrides."),
+) -> None:
+    """Time training or inference steps of a recipe's model at its real size on random inputs."""
+    from ..atomic import atomic_write_json
+    from ..bench import run_bench
+    from ..config import load_recipe
+
+    r = load_recipe(recipe, overrides or [])
+    result = run_bench(
+        r,
+        batch_size=batch_size,
+        steps=steps,
+        warmup=warmup,
+        random_init=random_init,
+        device=device,
+        dtype=dtype,
+        recompute=recompute,
+        mode=mode,
+        data=data,
+        console=console,
+    )
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+        console.print(f"wrote {json_out}", markup=False, highlight=False)
