@@ -1,0 +1,69 @@
+"""AVVP through the CLI: prepare --synthetic -> train (tiny) -> eval -> extract -> t-SNE."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dgsct_cli.cli.app import app
+from dgsct_cli.tasks.avvp_metrics import SCORE_KEYS
+
+
+def ok(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def avvp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("avvp")
+    data, run = root / "C", root / "RUN"
+    ok("--quiet", "prepare", "avvp", "--synthetic", "--out", data, "--videos", 12, "--image-size", 64)
+    ok("--quiet", "train", "--recipe", "avvp-tiny", "--data", data, "--output", run, "train.epochs=1")
+    return root, data, run
+
+
+@pytest.mark.slow
+def test_avvp_train_eval_extract_tsne(avvp_run):
+    root, data, run = avvp_run
+    assert (run / "best.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert "segment_type" in record["val"]  # selection metric: validation segment-level Type@AV
+
+    out = root / "test.json"
+    result = ok("eval", "--checkpoint", run, "--data", data, "--split", "test", "--json", out)
+    assert "Segment-level" in result.output and "Event-level" in result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["task"] == "avvp" and metrics["split"] == "test" and metrics["num_samples"] > 0
+    for key in SCORE_KEYS:
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert metrics["segment_type"] == pytest.approx(
+        (metrics["segment_audio"] + metrics["segment_visual"] + metrics["segment_av"]) / 3
+    )
+
+    feats = root / "feats.npz"
+    ok("extract", "--checkpoint", run, "--data", data, "--split", "test", "--out", feats)
+    with np.load(feats) as f:
+        n = metrics["num_samples"]
+        assert f["visual"].shape[:2] == (n, 10) and f["audio"].shape[:2] == (n, 10)
+        assert f["segment_labels"].shape == (n, 10)
+        assert str(f["task"]) == "avvp"
+
+    fig = root / "tsne.png"
+    ok("visualize", "tsne", "--checkpoint", run, "--data", data, "--split", "test", "--out", fig)
+    assert fig.read_bytes().startswith(b"\x89PNG")
+    scores = json.loads(fig.with_suffix(".json").read_text())
+    assert len(scores) == 4
+
+
+def test_avvp_eval_on_train_split_explains_missing_ground_truth(avvp_run):
+    _, data, run = avvp_run
+    result = CliRunner().invoke(
+        app, ["eval", "--checkpoint", str(run), "--data", str(data), "--split", "train"]
+    )
+    assert result.exit_code == 1
+    assert "segment ground truth" in " ".join(result.output.split())
