@@ -207,6 +207,8 @@ class Trainer:
         r = self.recipe
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            # Only one process may write a missing synthetic dataset; the others wait for it.
+            ensure_data(r, self.data_dir, self.console, self.show_progress)
         dist_utils.barrier()
         self._build()
         prog = self._load_state() if resume else Progression()

@@ -158,7 +158,7 @@ def train(
 ) -> None:
     """Train a recipe's model; validation each epoch, best/last checkpoints, metrics.jsonl."""
     from ..config import load_recipe
-    from ..train import Trainer, ensure_data
+    from ..train import Trainer
 
     if recipe is None:
         if not (resume and output is not None and (output / "recipe.yaml").is_file()):
@@ -168,9 +168,11 @@ def train(
         recipe = str(output / "recipe.yaml")
     r = load_recipe(recipe, overrides or [])
     output = output or Path("runs") / (r.name or "run")
-    data_dir = ensure_data(r, data or Path(r.data.path), err_console, show_progress())
+    data_dir = data or Path(r.data.path)
     trainer = Trainer(r, data_dir, output, console=err_console, show_progress=show_progress())
     result = trainer.run(resume=resume)
+    if not trainer.is_main:
+        return
     console.print(
         f"done: {result['epochs']} epochs, best {trainer.task.selection_metric} "
         f"{result['best_metric'] if result['best_metric'] is None else round(result['best_metric'], 2)} "
