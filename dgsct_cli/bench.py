@@ -29,7 +29,7 @@ from .models.dgsct import DGSCTModel
 from .models.factory import create_model
 from .runtime import configure_runtime
 from .tasks.base import Task, get_task
-from .train import make_optimizer
+from .train import make_optimizer, mixup_distribution, training_loss
 
 MODES = ("train", "eval")
 DTYPES = ("auto", "fp32", "bf16")
@@ -245,18 +245,11 @@ def run_bench(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, recipe.train) if train else None
     configure_runtime(model, dev)
-    use_mixup = task.use_mixup if recipe.train.mixup is None else recipe.train.mixup
-    mixup = torch.distributions.Beta(recipe.train.mixup_alpha, recipe.train.mixup_alpha)
+    mixup = mixup_distribution(task, recipe.train) if train else None
 
     def forward_loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        frames = b["frames"]
-        # The trainer's step: mixup of log-mels when the task trains with it, autocast, fp32 loss.
-        mix = mixup.sample((frames.shape[0] * frames.shape[1],)).to(dev) if (train and use_mixup) else None
-        head_inputs = {k: b[k] for k in task.head_inputs}
-        with autocast_for(dev, precision):
-            out = model(frames=frames, audio=b["audio"], mix_lambda=mix, **head_inputs)
-        out = {k: v.float() for k, v in out.items()}
-        return task.loss(out, b, loss_cfg)[0]
+        # The trainer's own step: log-mel mixup when the task trains with it, autocast, fp32 loss.
+        return training_loss(model, task, loss_cfg, b, dev, precision, mixup)[0]
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -331,7 +324,7 @@ def run_bench(
         "recompute_setting": cfg.recompute,
         "random_init": random_init,
         "encoders_train_mode": cfg.encoders_train_mode,
-        "mixup": bool(train and use_mixup),
+        "mixup": mixup is not None,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch_version": torch.__version__,

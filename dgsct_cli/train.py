@@ -43,6 +43,32 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def mixup_distribution(task, cfg) -> torch.distributions.Beta | None:
+    """Beta(alpha, alpha) for log-mel mixup when the task (or ``train.mixup``) asks for it."""
+    use = task.use_mixup if cfg.mixup is None else cfg.mixup
+    alpha = torch.tensor(cfg.mixup_alpha)
+    return torch.distributions.Beta(alpha, alpha) if use else None
+
+
+def training_loss(
+    net: torch.nn.Module,
+    task,
+    loss_cfg: Any,
+    batch: dict[str, Any],
+    device: torch.device,
+    precision: str,
+    mixup: torch.distributions.Distribution | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training forward: log-mel mixup (one lambda per segment) when given, autocast, fp32 loss."""
+    frames = batch["frames"]
+    mix = mixup.sample((frames.shape[0] * frames.shape[1],)).to(device) if mixup is not None else None
+    head_inputs = {k: batch[k] for k in task.head_inputs}
+    with autocast_for(device, precision):
+        out = net(frames=frames, audio=batch["audio"], mix_lambda=mix, **head_inputs)
+    out = {k: v.float() for k, v in out.items()}
+    return task.loss(out, batch, loss_cfg)[0], out
+
+
 @dataclass
 class Progression:
     epoch: int = 0  # epochs fully done
@@ -158,10 +184,7 @@ class Trainer:
             )
         if r.train.compile:
             self.net = torch.compile(self.net)
-        self.use_mixup = self.task.use_mixup if r.train.mixup is None else r.train.mixup
-        self.mixup = torch.distributions.Beta(
-            torch.tensor(r.train.mixup_alpha), torch.tensor(r.train.mixup_alpha)
-        )
+        self.mixup = mixup_distribution(self.task, r.train)
 
     def _save_state(self, prog: Progression, grads: bool) -> None:
         state = {
@@ -326,18 +349,17 @@ class Trainer:
         }
 
     def _forward_backward(self, batch: dict[str, Any], sync: bool, accum: int) -> tuple[float, dict]:
-        frames, audio = batch["frames"], batch["audio"]
-        mix = None
-        if self.use_mixup:
-            mix = self.mixup.sample((frames.shape[0] * frames.shape[1],)).to(self.device)
-        head_inputs = {k: batch[k] for k in self.task.head_inputs}
         no_sync = getattr(self.net, "no_sync", None)
-        ctx = no_sync() if (no_sync is not None and not sync) else nullcontext()
-        with ctx:
-            with autocast_for(self.device, self.recipe.train.precision):
-                out = self.net(frames=frames, audio=audio, mix_lambda=mix, **head_inputs)
-            out = {k: v.float() for k, v in out.items()}
-            loss, _ = self.task.loss(out, batch, self.loss_cfg)
+        with no_sync() if (no_sync is not None and not sync) else nullcontext():
+            loss, out = training_loss(
+                self.net,
+                self.task,
+                self.loss_cfg,
+                batch,
+                self.device,
+                self.recipe.train.precision,
+                self.mixup,
+            )
             (loss / accum).backward()
         return float(loss.detach()), out
 

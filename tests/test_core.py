@@ -290,3 +290,27 @@ def test_bad_inputs_say_what_was_expected(tiny_model):
         ValueError, match=rf"audio: {too_long} samples per segment is longer than the front end"
     ):
         model(frames=frames, audio=torch.zeros(1, 10, too_long))
+
+
+def test_guide_resize_projection_is_fc_then_bicubic_grid_resize():
+    adapter = DGSCTAdapter(32, 16, 24, 4, AdapterSettings(guide_projection="resize"))
+    y = torch.randn(2, 4, 24)
+    grid = adapter.fc(y).transpose(1, 2).reshape(2, 32, 2, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
+    assert torch.allclose(adapter.project_guide(y), expected.flatten(2).transpose(1, 2), atol=1e-6)
+    with pytest.raises(ValueError, match="square token grids"):
+        DGSCTAdapter(32, 15, 24, 4, AdapterSettings(guide_projection="resize")).project_guide(y)
+
+
+def test_audio_adapters_can_drop_their_gate_alone(tiny_model):
+    import dataclasses
+
+    from dgsct_cli.models.factory import create_model
+
+    cfg = tiny_model_config()
+    cfg.adapter = dataclasses.replace(cfg.adapter, audio_gate=False)  # AVQA/AVS: un-gated audio adapters
+    model = create_model("ave", cfg)
+    assert all(a.gate is None for a in model.encoder.audio_adapter_blocks_p1)
+    assert all(a.gate is not None for a in model.encoder.vis_adapter_blocks_p2)
+    frames, audio = tiny_inputs(1)
+    assert torch.isfinite(model.eval()(frames=frames, audio=audio)["event_logits"]).all()

@@ -16,6 +16,20 @@ prepare_app = typer.Typer(
 )
 
 
+def _raw_root(out: Path, root: Path | None, synthetic: bool, videos: int | None, write, name: str) -> Path:
+    """The raw dataset folder; with --synthetic, first write a synthetic dataset there."""
+    if videos is not None and not synthetic:
+        raise ValueError("--videos only applies with --synthetic")
+    if root is None:
+        if not synthetic:
+            raise ValueError("--root is required (or pass --synthetic to generate a dataset)")
+        root = out / "raw"
+    if synthetic:
+        with console.status(f"writing a synthetic {name} dataset to {root}"):
+            write(root, num_videos=videos if videos is not None else 24)
+    return root
+
+
 @prepare_app.callback()
 def _prepare_group() -> None:
     """Decode a dataset once into a prepared cache (frames + audio arrays + manifest.json)."""
@@ -42,17 +56,9 @@ def prepare_ave_command(
     ),
 ) -> None:
     """Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."""
-    if videos is not None and not synthetic:
-        raise ValueError("--videos only applies with --synthetic")
-    if root is None:
-        if not synthetic:
-            raise ValueError("--root is required (or pass --synthetic to generate a dataset)")
-        root = out / "raw"
-    if synthetic:
-        from ..data.synthetic import write_synthetic_ave
+    from ..data.synthetic import write_synthetic_ave
 
-        with console.status(f"writing a synthetic AVE dataset to {root}"):
-            write_synthetic_ave(root, num_videos=videos if videos is not None else 24)
+    root = _raw_root(out, root, synthetic, videos, write_synthetic_ave, "AVE")
     summary = prepare_ave(
         root, out, workers=workers, image_size=image_size, progress=show_progress(), console=console
     )
@@ -94,21 +100,13 @@ def prepare_avvp_command(
     ),
 ) -> None:
     """Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features."""
-    if videos is not None and not synthetic:
-        raise ValueError("--videos only applies with --synthetic")
+    from ..data.synthetic import write_synthetic_llp
+
     if features is not None and r2plus1d_weights is not None:
         raise ValueError("give either --features or --r2plus1d-weights, not both")
-    if root is None:
-        if not synthetic:
-            raise ValueError("--root is required (or pass --synthetic to generate a dataset)")
-        root = out / "raw"
-    if synthetic:
-        from ..data.synthetic import write_synthetic_llp
-
-        with console.status(f"writing a synthetic LLP dataset to {root}"):
-            write_synthetic_llp(root, num_videos=videos if videos is not None else 24)
-        if features is None and r2plus1d_weights is None:
-            features = root / "feats" / "r2plus1d_18"
+    root = _raw_root(out, root, synthetic, videos, write_synthetic_llp, "LLP")
+    if synthetic and features is None and r2plus1d_weights is None:
+        features = root / "feats" / "r2plus1d_18"
     from ..data.avvp import prepare_avvp
 
     summary = prepare_avvp(

@@ -197,6 +197,29 @@ def _assign_splits(classes: list[int], rng) -> list[str]:
     return split_of
 
 
+def _check_synthetic_args(
+    num_classes: int,
+    max_classes: int,
+    num_videos: int,
+    image_size: int,
+    seconds: int,
+    max_seconds: int,
+    sample_rate: int,
+) -> None:
+    if not 1 <= num_classes <= max_classes:
+        raise ValueError(f"num_classes must be in 1..{max_classes}, got {num_classes}")
+    if num_videos < 3:
+        raise ValueError(
+            f"num_videos must be >= 3 so that train, val and test each get a video, got {num_videos}"
+        )
+    if image_size < 16 or image_size % 2:
+        raise ValueError(f"image_size must be an even number >= 16 (yuv420p), got {image_size}")
+    if seconds < 1 or seconds > max_seconds:
+        raise ValueError(f"seconds must be in 1..{max_seconds}, got {seconds}")
+    if sample_rate not in (16000, 32000):
+        raise ValueError(f"sample_rate must be 16000 or 32000, got {sample_rate}")
+
+
 def write_synthetic_ave(
     root: str | Path,
     num_videos: int = 24,
@@ -213,18 +236,9 @@ def write_synthetic_ave(
     long (the last video of a 6+ video set carries a second event of another class on its own
     annotation line, as some real videos do). Deterministic for a given ``seed``.
     """
-    if not 1 <= num_classes <= len(AVE_CATEGORIES):
-        raise ValueError(f"num_classes must be in 1..{len(AVE_CATEGORIES)}, got {num_classes}")
-    if num_videos < 3:
-        raise ValueError(
-            f"num_videos must be >= 3 so that train, val and test each get a video, got {num_videos}"
-        )
-    if image_size < 16 or image_size % 2:
-        raise ValueError(f"image_size must be an even number >= 16 (yuv420p), got {image_size}")
-    if seconds < 1 or seconds > AVE_NUM_SEGMENTS:
-        raise ValueError(f"seconds must be in 1..{AVE_NUM_SEGMENTS}, got {seconds}")
-    if sample_rate not in (16000, 32000):
-        raise ValueError(f"sample_rate must be 16000 or 32000, got {sample_rate}")
+    _check_synthetic_args(
+        num_classes, len(AVE_CATEGORIES), num_videos, image_size, seconds, AVE_NUM_SEGMENTS, sample_rate
+    )
     root = Path(root)
     if (root / "Annotations.txt").exists() and not (root / MARKER).exists():
         raise ValueError(
@@ -376,18 +390,9 @@ def write_synthetic_llp(
     a given ``seed``. Refuses to overwrite AVVP CSVs it did not write. (decord cannot read back
     some tiny frame sizes, e.g. 16 or 48; 32, 64 and 96 work.)
     """
-    if not 1 <= num_classes <= len(AVVP_CLASSES):
-        raise ValueError(f"num_classes must be in 1..{len(AVVP_CLASSES)}, got {num_classes}")
-    if num_videos < 3:
-        raise ValueError(
-            f"num_videos must be >= 3 so that train, val and test each get a video, got {num_videos}"
-        )
-    if image_size < 16 or image_size % 2:
-        raise ValueError(f"image_size must be an even number >= 16 (yuv420p), got {image_size}")
-    if seconds < 1 or seconds > AVVP_NUM_SEGMENTS:
-        raise ValueError(f"seconds must be in 1..{AVVP_NUM_SEGMENTS}, got {seconds}")
-    if sample_rate not in (16000, 32000):
-        raise ValueError(f"sample_rate must be 16000 or 32000, got {sample_rate}")
+    _check_synthetic_args(
+        num_classes, len(AVVP_CLASSES), num_videos, image_size, seconds, AVVP_NUM_SEGMENTS, sample_rate
+    )
     root = Path(root)
     if any((root / name).exists() for name in _LLP_FILES) and not (root / MARKER).exists():
         raise ValueError(

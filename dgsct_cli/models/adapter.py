@@ -7,6 +7,7 @@ kept only in the parameter *shapes and names* so release checkpoints load unchan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,11 @@ class AdapterSettings:
     reduction: int = 8  # bottleneck reduction r
     groups: int = 2  # groups of down_sampler / up_sampler
     use_bn: bool = True
-    use_gate: bool = True  # output gate (None -> output added un-gated)
+    use_gate: bool = True  # output gate of the visual adapters (false: output added un-gated)
+    audio_gate: bool | None = None  # output gate of the audio adapters; None = same as use_gate
+    # How the guide tokens reach x's token count: "token_conv" (1x1 conv over tokens, then fc;
+    # AVE/AVVP/AVQA/MS3) or "resize" (fc, then bicubic resize of the token grid; AVS-S4).
+    guide_projection: str = "token_conv"
     gate_tk: bool = True  # the release's unused `gate_tk` parameter (kept so checkpoints match)
     ln_before: bool = True
     gate_before_ln_post: bool = False  # AVS order: gate * out, then ln_post
@@ -31,6 +36,10 @@ class AdapterSettings:
     beta: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.guide_projection not in ("token_conv", "resize"):
+            raise ValueError(
+                f"guide_projection must be 'token_conv' or 'resize', got {self.guide_projection!r}"
+            )
         if self.token_init not in ("uniform", "zeros"):
             raise ValueError(f"token_init must be 'uniform' or 'zeros', got {self.token_init!r}")
         for name in ("num_tokens", "reduction", "groups"):
@@ -98,12 +107,24 @@ class DGSCTAdapter(nn.Module):
     def project_guide(self, y: torch.Tensor) -> torch.Tensor:
         """Resample the guide ``[N, L', C']`` to ``[N, L, C]`` (token mixing, then channel map).
 
+        With ``guide_projection: resize`` the channel map runs first and the square token grid
+        is resized bicubically (AVS-S4's variant; ``conv_adapter`` is then built but unused).
+
         Both maps are linear, so they commute up to the bias terms; we run the cheaper order.
         conv-first costs L*L'*C' + L*C'*C, fc-first costs L'*C'*C + L*L'*C.
         """
+        L, Lg, C, Cg = self.tokens, self.guide_tokens, self.channels, self.guide_channels
+        if self.settings.guide_projection == "resize":
+            n, side, side_g = y.shape[0], math.isqrt(L), math.isqrt(Lg)
+            if side * side != L or side_g * side_g != Lg:
+                raise ValueError(
+                    f"guide_projection 'resize' needs square token grids, got {Lg} -> {L} tokens"
+                )
+            grid = self.fc(y).transpose(1, 2).reshape(n, C, side_g, side_g)
+            grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+            return grid.flatten(2).transpose(1, 2)
         w_tok = self.conv_adapter.weight.view(self.tokens, self.guide_tokens)
         b_tok = self.conv_adapter.bias
-        L, Lg, C, Cg = self.tokens, self.guide_tokens, self.channels, self.guide_channels
         if L * Lg * Cg + L * Cg * C <= Lg * Cg * C + L * Lg * C:
             mixed = torch.matmul(w_tok, y) + b_tok[:, None]  # [N, L, C']
             return self.fc(mixed)

@@ -9,7 +9,7 @@ pairs with block ``k`` of the shallower one; other blocks run plainly. Each pair
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -126,14 +126,17 @@ class DualEncoder(nn.Module):
         def tokens(res: tuple[int, int]) -> int:
             return res[0] * res[1]
 
+        s = self.settings
+        audio_settings = s if s.audio_gate is None else replace(s, use_gate=s.audio_gate, audio_gate=None)
+
         def adapters(direction: str) -> nn.ModuleList:
             mods = []
             for p in self.pairs:
                 (cv, rv, _), (ca, ra, _) = v_geom[p.stage], a_geom[p.stage]
                 if direction == "visual":
-                    mods.append(DGSCTAdapter(cv, tokens(rv), ca, tokens(ra), self.settings))
+                    mods.append(DGSCTAdapter(cv, tokens(rv), ca, tokens(ra), s))
                 else:
-                    mods.append(DGSCTAdapter(ca, tokens(ra), cv, tokens(rv), self.settings))
+                    mods.append(DGSCTAdapter(ca, tokens(ra), cv, tokens(rv), audio_settings))
             return nn.ModuleList(mods)
 
         # Names follow the release so its checkpoints map one to one.
