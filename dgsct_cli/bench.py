@@ -244,7 +244,8 @@ def run_bench(
     batch = {k: v.to(dev) for k, v in random_batch(task, recipe, batch_size, cfg=cfg).items()}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, recipe.train) if train else None
-    configure_runtime(model, dev)
+    if train:  # the memory-lean settings concern training (recompute has no effect without gradients)
+        configure_runtime(model, dev)
     mixup = mixup_distribution(task, recipe.train) if train else None
 
     def forward_loss(b: dict[str, torch.Tensor]) -> torch.Tensor:

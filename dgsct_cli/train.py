@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +247,11 @@ class Trainer:
         try:
             while prog.epoch < r.train.epochs:
                 epoch_stats = self._train_epoch(prog, batches_per_epoch)
-                self.scheduler.step()
+                with warnings.catch_warnings():
+                    # A run resumed right after an epoch's last batch steps the schedule before any
+                    # optimiser step of this process; the order is right across the two processes.
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
                 prog.epoch += 1
                 prog.batch_in_epoch = 0
                 prog.epoch_loss_sum = prog.epoch_correct = prog.epoch_counted = prog.epoch_seen = 0.0

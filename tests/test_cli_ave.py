@@ -492,3 +492,27 @@ def test_eval_detects_and_runs_a_release_checkpoint(ws, release_model):
     torch.save({"a.weight": torch.zeros(2)}, junk)
     result = invoke("eval", "--checkpoint", junk, "--recipe", "ave-tiny", "--data", ws.data)
     assert_clean_error(result, "neither a dgsct checkpoint nor a recognised DG-SCT release checkpoint")
+
+
+@pytest.mark.slow
+def test_convert_writes_our_checkpoint_with_the_same_predictions(ws, release_model):
+    from safetensors import safe_open
+
+    path = ws.root / "release-for-convert.pt"
+    torch.save(to_release_layout(release_model.state_dict()), path)
+    converted = ws.root / "converted.safetensors"
+    ok("convert", "ave", path, "--out", converted, "--recipe", "ave-tiny")
+    with safe_open(str(converted), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["task"] == "ave" and meta["contents"] == "full"
+
+    a, b = ws.root / "a.json", ws.root / "b.json"
+    ok("eval", "--checkpoint", path, "--recipe", "ave-tiny", "--data", ws.data, "--json", a)
+    ok("eval", "--checkpoint", converted, "--data", ws.data, "--json", b)
+    first, second = json.loads(a.read_text()), json.loads(b.read_text())
+    assert second["checkpoint_kind"] == "dgsct"
+    assert first["accuracy"] == second["accuracy"]
+    assert first["per_class_accuracy"] == second["per_class_accuracy"]
+
+    result = invoke("convert", "avvp", path, "--out", ws.root / "x.safetensors")
+    assert_clean_error(result, "this is an AVE release checkpoint, expected AVVP")
