@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.logging import RichHandler
@@ -23,6 +23,17 @@ recipes_app = typer.Typer(help="List and show recipes.", no_args_is_help=True)
 visualize_app = typer.Typer(help="Figures from trained checkpoints.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(visualize_app, name="visualize")
+
+
+# Options shared by the commands that read a checkpoint and a prepared dataset.
+CheckpointOption = Annotated[
+    Path, typer.Option("--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt.")
+]
+DataOption = Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset folder.")]
+SplitOption = Annotated[str, typer.Option("--split", "-s", help="Split of the prepared dataset.")]
+ReleaseRecipeOption = Annotated[
+    str | None, typer.Option("--recipe", "-r", help="Model recipe for a release checkpoint.")
+]
 
 
 @app.callback()
@@ -234,13 +245,11 @@ def _evaluate(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt."
-    ),
-    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
-    split: str = typer.Option("test", "--split", "-s"),
+    checkpoint: CheckpointOption,
+    data: DataOption,
+    split: SplitOption = "test",
     json_out: Path | None = typer.Option(None, "--json", help="Write the metrics here (JSON)."),
-    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
+    recipe: ReleaseRecipeOption = None,
     batch_size: int | None = typer.Option(None, "--batch-size"),
 ) -> None:
     """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
@@ -288,16 +297,14 @@ def _features(
 @app.command()
 @friendly_errors
 def extract(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt."
-    ),
-    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
-    split: str = typer.Option("test", "--split", "-s"),
+    checkpoint: CheckpointOption,
+    data: DataOption,
+    split: SplitOption = "test",
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz file."),
     adapters: bool = typer.Option(
         True, "--adapters/--no-adapters", help="--no-adapters: the frozen encoders' own features."
     ),
-    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
+    recipe: ReleaseRecipeOption = None,
 ) -> None:
     """Per-segment pooled visual/audio features with labels and sample ids, to one .npz file."""
     from ..extract import save_features
@@ -313,15 +320,13 @@ def extract(
 @visualize_app.command("tsne")
 @friendly_errors
 def tsne(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt."
-    ),
-    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
-    split: str = typer.Option("test", "--split", "-s"),
+    checkpoint: CheckpointOption,
+    data: DataOption,
+    split: SplitOption = "test",
     out: Path = typer.Option(..., "--out", "-o", help="Figure (.png); silhouettes go to <out>.json."),
     modality: str = typer.Option("both", "--modality", help="visual, audio or both."),
     seed: int = typer.Option(0, "--seed"),
-    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
+    recipe: ReleaseRecipeOption = None,
 ) -> None:
     """t-SNE of segment features, without vs with DG-SCT, with a silhouette score per panel."""
     from ..viz.tsne import FeaturePanel, plot_tsne_panels
