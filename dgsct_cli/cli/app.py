@@ -194,6 +194,21 @@ def train(
         _evaluate(output, data_dir, r.data.test_split, output / "test_metrics.json", None, None)
 
 
+def _open_checkpoint(checkpoint: Path, data: Path, split: str, recipe: str | None):
+    """(model on its device, recipe, checkpoint kind, task, dataset split, device)."""
+    from ..checkpoint import load_any_checkpoint
+    from ..config import load_recipe
+    from ..evaluate import resolve_device
+    from ..tasks.base import get_task
+    from ..train import open_dataset
+
+    _check_data_folder(data)
+    model, r, kind = load_any_checkpoint(checkpoint, load_recipe(recipe) if recipe else None)
+    dataset = open_dataset(r, data, split)
+    device = resolve_device(r.train.device)
+    return model.to(device), r, kind, get_task(r.task), dataset, device
+
+
 def _evaluate(
     checkpoint: Path,
     data: Path,
@@ -202,18 +217,9 @@ def _evaluate(
     recipe: str | None,
     batch_size: int | None,
 ) -> dict:
-    from ..checkpoint import load_any_checkpoint
-    from ..config import load_recipe
-    from ..evaluate import evaluate, resolve_device
-    from ..tasks.base import get_task
-    from ..train import open_dataset
+    from ..evaluate import evaluate
 
-    release_recipe = load_recipe(recipe) if recipe else None
-    model, r, kind = load_any_checkpoint(checkpoint, release_recipe)
-    task = get_task(r.task)
-    dataset = open_dataset(r, data, split)
-    device = resolve_device(r.train.device)
-    model.to(device)
+    model, r, kind, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
     metrics = evaluate(
         model,
         dataset,
@@ -253,7 +259,6 @@ def eval_(
     batch_size: int | None = typer.Option(None, "--batch-size"),
 ) -> None:
     """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
-    _check_data_folder(data)
     _evaluate(checkpoint, data, split, json_out, recipe, batch_size)
 
 
@@ -265,24 +270,15 @@ def _check_data_folder(data: Path) -> None:
 def _features(
     checkpoint: Path, data: Path, split: str, use_adapters: bool, recipe: str | None = None
 ) -> dict:
-    from ..checkpoint import load_any_checkpoint
-    from ..config import load_recipe
-    from ..evaluate import resolve_device
     from ..extract import extract_features
-    from ..tasks.base import get_task
-    from ..train import open_dataset
 
-    _check_data_folder(data)
-    model, r, _ = load_any_checkpoint(checkpoint, load_recipe(recipe) if recipe else None)
-    dataset = open_dataset(r, data, split)
-    device = resolve_device(r.train.device)
-    model.to(device)
+    model, r, _, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
     feats = {}
     for flag in (True, False) if use_adapters is None else (use_adapters,):
         feats[flag] = extract_features(
             model,
             dataset,
-            get_task(r.task),
+            task,
             device,
             flag,
             r.train.eval_batch_size,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import colorsys
 import fractions
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output
 from ..tasks.avvp_metrics import AVVP_CLASSES
 from .ave import AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
 from .avvp import AVVP_EVAL_FILES, AVVP_NUM_SEGMENTS, AVVP_SPLIT_FILES, VIDEO_ST_DIM
@@ -130,9 +130,8 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | Non
     """Encode ``frames`` (+ mono ``audio``) into ``path``, via a temp file so it is never partial."""
     import av
 
-    tmp = path.with_name(f".tmp-{path.name}")
     codec = _video_codec()
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_output(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         vstream = container.add_stream(codec, rate=fps)
         vstream.width, vstream.height = frames.shape[2], frames.shape[1]
         vstream.pix_fmt = "yuv420p"
@@ -160,7 +159,6 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | Non
                     container.mux(packet)
             for packet in astream.encode():
                 container.mux(packet)
-    os.replace(tmp, path)
 
 
 def _video_ids(count: int, rng) -> list[str]:
@@ -301,9 +299,12 @@ def break_dataset(
         (video_dir / f"{vid}.mp4").write_bytes(b"this is not a video\n" + garbage)
     for vid in no_audio:
         path = video_dir / f"{vid}.mp4"
-        tmp = path.with_name(f".tmp-{path.name}")
         # Remux the video packets only; no re-encoding needed.
-        with av.open(str(path)) as src, av.open(str(tmp), mode="w", format="mp4") as dst:
+        with (
+            atomic_output(path, suffix=".mp4") as tmp,
+            av.open(str(path)) as src,
+            av.open(str(tmp), mode="w", format="mp4") as dst,
+        ):
             in_stream = src.streams.video[0]
             out_stream = dst.add_stream_from_template(in_stream)
             for packet in src.demux(in_stream):
@@ -311,7 +312,6 @@ def break_dataset(
                     continue  # the demuxer's final flush packet
                 packet.stream = out_stream
                 dst.mux(packet)
-        os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- LLP (AVVP)

@@ -122,6 +122,10 @@ class DualEncoder(nn.Module):
         v_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in visual.layers]
         a_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in audio.layers]
         self.pairs = pair_blocks([g[2] for g in v_geom], [g[2] for g in a_geom])
+        # (adapter index, pair) per stage, looked up by every forward.
+        self.pairs_by_stage: dict[int, list[tuple[int, BlockPair]]] = {}
+        for i, p in enumerate(self.pairs):
+            self.pairs_by_stage.setdefault(p.stage, []).append((i, p))
 
         def tokens(res: tuple[int, int]) -> int:
             return res[0] * res[1]
@@ -184,14 +188,11 @@ class DualEncoder(nn.Module):
         a = self.audio.embed(wave, mix_lambda)
         if not use_adapters:
             return self._plain(v, a)
-        pairs_by_stage: dict[int, list[tuple[int, BlockPair]]] = {}
-        for i, p in enumerate(self.pairs):
-            pairs_by_stage.setdefault(p.stage, []).append((i, p))
         map_v = map_a = None
         for stage, (v_stage, a_stage) in enumerate(zip(self.visual.layers, self.audio.layers)):
             v = v_stage.downsample(v)
             a = a_stage.downsample(a)
-            stage_pairs = pairs_by_stage.get(stage, [])
+            stage_pairs = self.pairs_by_stage.get(stage, [])
             v_paired = {p.visual_block: (i, p) for i, p in stage_pairs}
             a_paired = {p.audio_block for _, p in stage_pairs}
             a_next = 0

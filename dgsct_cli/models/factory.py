@@ -41,9 +41,6 @@ def tiny_model_config() -> ModelConfig:
     )
 
 
-MODEL_PRESETS = {"full": ModelConfig, "tiny": tiny_model_config}
-
-
 @contextmanager
 def _quiet_random_init():
     """Silence the 'randomly initialised' warnings when weights are about to be overwritten."""

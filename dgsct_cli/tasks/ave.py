@@ -79,10 +79,6 @@ class AVEEvaluator:
         self.total += torch.bincount(labels.flatten(), minlength=self.total.numel())
         self.correct += torch.bincount(labels[pred == labels], minlength=self.correct.numel())
 
-    def state(self) -> list[torch.Tensor]:
-        """Counters that distributed evaluation sums across ranks."""
-        return [self.correct, self.total]
-
     def compute(self) -> dict[str, Any]:
         total = int(self.total.sum())
         names = self.class_names + ["background"] if self.background == len(self.class_names) else None

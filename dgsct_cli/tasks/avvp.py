@@ -10,7 +10,6 @@ from rich.table import Table
 
 from ..models.heads.mgn import (
     MGN_UNUSED_RELEASE_KEYS,
-    MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO,
     MGNHead,
     avvp_loss,
 )
@@ -139,6 +138,3 @@ AVVP = register_task(
         use_mixup=True,
     )
 )
-
-# Checkpoints of a head built with gated_audio=True keep the visual temporal branch.
-AVVP_GATED_UNUSED_RELEASE_KEYS = {**MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO, **_AVVP_ADAPTER_UNUSED}

@@ -104,15 +104,6 @@ def load_swin_weights(model: SwinTransformerV2, path: str | Path | dict[str, tor
     load_into(model, state, str(path) if not isinstance(path, dict) else "Swin-V2 state dict")
 
 
-def swin_stage_geometry(model: SwinTransformerV2) -> list[tuple[int, int, int]]:
-    """(channels, tokens, depth) per stage, read off the built model."""
-    out = []
-    for stage in model.layers:
-        h, w = stage.output_resolution
-        out.append((stage.blocks[0].dim if len(stage.blocks) else stage.dim, h * w, len(stage.blocks)))
-    return out
-
-
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
