@@ -3,6 +3,7 @@ checkpoints, exact resume (also from Ctrl-C part-way through an epoch)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -267,6 +268,12 @@ class Trainer:
                 )
             raise
         finally:
+            # Free the DDP wrapper while the default process group still holds its reference:
+            # if the Reducer dropped the group's last reference it would join gloo's worker
+            # threads with the GIL held, and they need the GIL to free finished work (a hang
+            # at exit, seen about one run in four with 2 CPU processes).
+            self.net = self.model
+            gc.collect()
             dist_utils.teardown()
         return {
             "epochs": prog.epoch,

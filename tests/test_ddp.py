@@ -3,6 +3,7 @@ combined batch; ResumableSampler shards and resumes epochs exactly."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from pathlib import Path
@@ -73,6 +74,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)  # 2 processes on 2 cores
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    net = None
     try:
         model = _model()
         # gate_tk exists in every adapter for checkpoint compatibility but never enters the graph.
@@ -84,6 +86,10 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         if rank == 0:
             torch.save({"grads": _grads(model), "state": model.state_dict()}, Path(tmp) / "rank0.pt")
     finally:
+        # DDP freed before the group, as the trainer does (a Reducer holding the group's last
+        # reference deadlocks against gloo's worker threads).
+        net = None
+        gc.collect()
         dist.destroy_process_group()
 
 
