@@ -259,9 +259,8 @@ def run_bench(
 
     @torch.no_grad()
     def eval_step() -> None:
-        head_inputs = {k: batch[k] for k in task.head_inputs}
         with autocast_for(dev, precision):
-            model(frames=batch["frames"], audio=batch["audio"], **head_inputs)
+            model(**task.model_inputs(batch))
 
     step = train_step if train else eval_step
     if dev.type == "cuda":

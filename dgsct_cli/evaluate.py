@@ -13,9 +13,6 @@ from torch.utils.data import DataLoader, Dataset
 from .models.dgsct import DGSCTModel
 from .tasks.base import Task
 
-# Batch keys that are inputs or bookkeeping, not targets.
-INPUT_KEYS = ("frames", "audio", "index")
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -90,9 +87,8 @@ def evaluate(
             job = bar.add_task(description, total=len(loader), info="")
             for batch in loader:
                 batch = to_device(batch, device)
-                head_inputs = {k: batch[k] for k in task.head_inputs}
                 with autocast_for(device, precision):
-                    out = model(frames=batch["frames"], audio=batch["audio"], **head_inputs)
+                    out = model(**task.model_inputs(batch))
                 evaluator.update({k: v.float() for k, v in out.items()}, batch)
                 bar.advance(job)
     finally:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist_utils
@@ -25,7 +24,7 @@ from .atomic import atomic_output, atomic_write_bytes, atomic_write_json
 from .checkpoint import save_checkpoint
 from .config import Recipe, build_dataclass, recipe_to_yaml
 from .data.cache import PreparedCache, SegmentDataset
-from .evaluate import autocast_for, evaluate, make_loader, resolve_device, to_device
+from .evaluate import autocast_for, evaluate, make_loader, progress_bar, resolve_device, to_device
 from .models.factory import create_model
 from .runtime import configure_runtime
 from .tasks.base import get_task
@@ -62,11 +61,10 @@ def training_loss(
     mixup: torch.distributions.Distribution | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training forward: log-mel mixup (one lambda per segment) when given, autocast, fp32 loss."""
-    frames = batch["frames"]
-    mix = mixup.sample((frames.shape[0] * frames.shape[1],)).to(device) if mixup is not None else None
-    head_inputs = {k: batch[k] for k in task.head_inputs}
+    batch_size, num_segments = batch["frames"].shape[:2]
+    mix = mixup.sample((batch_size * num_segments,)).to(device) if mixup is not None else None
     with autocast_for(device, precision):
-        out = net(frames=frames, audio=batch["audio"], mix_lambda=mix, **head_inputs)
+        out = net(**task.model_inputs(batch), mix_lambda=mix)
     out = {k: v.float() for k, v in out.items()}
     return task.loss(out, batch, loss_cfg)[0], out
 
@@ -302,19 +300,10 @@ class Trainer:
             prog.epoch_seen,
         )
         start = time.perf_counter() - prog.epoch_seconds
-        bar = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-            disable=not (self.show_progress and self.is_main),
-            transient=True,
-        )
+        bar = progress_bar(self.console, disable=not (self.show_progress and self.is_main))
         with bar:
             job = bar.add_task(
-                "train", total=batches_per_epoch, completed=prog.batch_in_epoch, epoch=prog.epoch + 1, info=""
+                f"epoch {prog.epoch + 1}", total=batches_per_epoch, completed=prog.batch_in_epoch, info=""
             )
             for batch in loader:
                 i = prog.batch_in_epoch

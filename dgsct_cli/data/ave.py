@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from .. import __version__
-from .cache import MANIFEST_NAME, atomic_write_json, build_manifest, decode_videos_to_cache
+from .cache import MANIFEST_NAME, build_manifest, decode_videos_to_cache, write_manifest
 
 # Re-exported: these used to live here and are shared with the other datasets now.
 from .report import (
@@ -288,5 +288,5 @@ def prepare_ave(
         skipped=[asdict(s) for s in summary.skipped],
         created_by=f"dgsct {__version__} prepare ave",
     )
-    atomic_write_json(out / MANIFEST_NAME, manifest)
+    write_manifest(out / MANIFEST_NAME, manifest)
     return summary

@@ -48,6 +48,10 @@ class Task:
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
     select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
 
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the model's call for ``batch``: frames, audio, head inputs."""
+        return {"frames": batch["frames"], "audio": batch["audio"], **{k: batch[k] for k in self.head_inputs}}
+
 
 TASKS: dict[str, Task] = {}
 
