@@ -11,7 +11,7 @@ from torch import nn
 from .adapter import AdapterSettings
 from .dual import DualEncoder
 from .encoders.audio import AudioConfig, create_audio_encoder
-from .encoders.visual import VisualConfig, create_visual_encoder, freeze
+from .encoders.visual import VisualConfig, create_visual_encoder
 
 
 @dataclass
@@ -51,8 +51,8 @@ class DGSCTModel(nn.Module):
 
     # -- parameters ----------------------------------------------------------------------------
     def freeze_encoders(self) -> None:
-        freeze(self.encoder.visual)
-        freeze(self.encoder.audio)
+        self.encoder.visual.requires_grad_(False)
+        self.encoder.audio.requires_grad_(False)
 
     def parameter_counts(self) -> dict[str, int]:
         adapters = sum(p.numel() for m in self.encoder.adapter_modules() for p in m.parameters())

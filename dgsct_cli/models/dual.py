@@ -122,10 +122,10 @@ class DualEncoder(nn.Module):
         v_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in visual.layers]
         a_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in audio.layers]
         self.pairs = pair_blocks([g[2] for g in v_geom], [g[2] for g in a_geom])
-        # (adapter index, pair) per stage, looked up by every forward.
-        self.pairs_by_stage: dict[int, list[tuple[int, BlockPair]]] = {}
+        # Per stage: paired visual block -> (adapter index, audio block), looked up by every forward.
+        self.pairs_by_stage: dict[int, dict[int, tuple[int, int]]] = {}
         for i, p in enumerate(self.pairs):
-            self.pairs_by_stage.setdefault(p.stage, []).append((i, p))
+            self.pairs_by_stage.setdefault(p.stage, {})[p.visual_block] = (i, p.audio_block)
 
         def tokens(res: tuple[int, int]) -> int:
             return res[0] * res[1]
@@ -192,22 +192,19 @@ class DualEncoder(nn.Module):
         for stage, (v_stage, a_stage) in enumerate(zip(self.visual.layers, self.audio.layers)):
             v = v_stage.downsample(v)
             a = a_stage.downsample(a)
-            stage_pairs = self.pairs_by_stage.get(stage, [])
-            v_paired = {p.visual_block: (i, p) for i, p in stage_pairs}
-            a_paired = {p.audio_block for _, p in stage_pairs}
+            paired = self.pairs_by_stage.get(stage, {})
             a_next = 0
             for j, v_block in enumerate(v_stage.blocks):
-                if j not in v_paired:
+                if j not in paired:
                     v = _run(v_block, v, self.recompute)
                     continue
-                i, p = v_paired[j]
-                # Audio blocks the pairing skips (a deeper audio stage) run plainly before their pair.
-                while a_next < p.audio_block:
-                    if a_next not in a_paired:
-                        a = _run(a_stage.blocks[a_next], a, self.recompute)
-                    a_next += 1
-                v, a, map_v, map_a = self._paired_step(i, v_block, a_stage.blocks[p.audio_block], v, a)
-                a_next = p.audio_block + 1
+                i, a_j = paired[j]
+                # Audio blocks the pairing skips (a deeper audio stage) run plainly before their pair;
+                # pairs increase in both encoders, so none of them is paired.
+                for k in range(a_next, a_j):
+                    a = _run(a_stage.blocks[k], a, self.recompute)
+                v, a, map_v, map_a = self._paired_step(i, v_block, a_stage.blocks[a_j], v, a)
+                a_next = a_j + 1
             for k in range(a_next, len(a_stage.blocks)):
                 a = _run(a_stage.blocks[k], a, self.recompute)
         v = self.visual.norm(v)

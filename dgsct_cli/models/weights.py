@@ -59,12 +59,10 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str
     report_mismatch(name, module.load_state_dict(state, strict=False))
 
 
-def report_mismatch(name: str, result: Any, ignore: tuple[str, ...] = ()) -> None:
+def report_mismatch(name: str, result: Any) -> None:
     """Raise with the key lists when ``load_state_dict(strict=False)`` left anything out."""
-    missing = [k for k in result.missing_keys if not any(s in k for s in ignore)]
-    unexpected = [k for k in result.unexpected_keys if not any(s in k for s in ignore)]
-    if missing or unexpected:
-        raise CheckpointError(f"{name}: {describe_keys(missing, unexpected)}")
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{name}: {describe_keys(result.missing_keys, result.unexpected_keys)}")
 
 
 def describe_keys(missing: list[str], unexpected: list[str], limit: int = 12) -> str:

@@ -155,9 +155,10 @@ class HTSAT(nn.Module):
         x = self.front_end(wave)
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # bn0 normalises each mel bin
         if self.training and self.cfg.spec_augment:
-            # [N, 1, T, F]: time is axis 2, frequency axis 3 (torchaudio masks the last two axes).
-            x = self.freq_masking(self.freq_masking(x.transpose(2, 3))).transpose(2, 3)
-            x = self.time_masking(self.time_masking(x.transpose(2, 3))).transpose(2, 3)
+            # [N, 1, T, F] -> [N, 1, F, T], the (freq, time) order torchaudio's masks expect.
+            x = x.transpose(2, 3)
+            x = self.time_masking(self.time_masking(self.freq_masking(self.freq_masking(x))))
+            x = x.transpose(2, 3)
         if self.training and mix_lambda is not None:
             lam = mix_lambda.to(x.dtype).view(-1, 1, 1, 1)
             x = lam * x + (1 - lam) * x.flip(0)

@@ -13,7 +13,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
-from torch import nn
 
 from ..weights import load_into, load_state_dict_file
 
@@ -102,8 +101,3 @@ def load_swin_weights(model: SwinTransformerV2, path: str | Path | dict[str, tor
     # The classifier is not part of the trunk DG-SCT uses.
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     load_into(model, state, str(path) if not isinstance(path, dict) else "Swin-V2 state dict")
-
-
-def freeze(module: nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad_(False)

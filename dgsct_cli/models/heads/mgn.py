@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, Mlp  # Linear-GELU-Linear (fc1/fc2 keys), stochastic depth
 from torch import nn
 
 from ..temporal import SelfRelation, TemporalConfig
@@ -33,37 +34,6 @@ MGN_UNUSED_RELEASE_KEYS: dict[str, str] = {
     r"^temporal_attn\.video_encoder\.": "visual encoder feeding only the discarded audio gate",
     r"^temporal_attn\.video_gated\.": "gate of the audio output that MGN discards",
 }
-
-
-def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Per-sample stochastic depth, rescaled by 1/keep so the expectation is unchanged."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
-
-
-class DropPath(nn.Module):
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _drop_path(x, self.p, self.training)
-
-
-class Mlp(nn.Module):
-    """Linear -> exact GELU -> Linear (no dropout: the release uses rate 0)."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
