@@ -24,7 +24,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Recipe, build_dataclass
-from .evaluate import autocast_for, make_loader, resolve_device
+from .evaluate import autocast_for, make_loader, resolve_device, resolve_precision, to_device
 from .models.dgsct import DGSCTModel
 from .models.factory import create_model
 from .runtime import configure_runtime
@@ -195,14 +195,6 @@ def measure_loader(
 # -- the bench -----------------------------------------------------------------------------------
 
 
-def _resolve_dtype(dtype: str, device: torch.device) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return dtype
-
-
 def run_bench(
     recipe: Recipe,
     batch_size: int | None = None,
@@ -224,8 +216,10 @@ def run_bench(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
-    precision = _resolve_dtype(dtype, dev)
+    precision = resolve_precision(dev, dtype)
     train = mode == "train"
     batch_size = batch_size or (recipe.train.batch_size if train else recipe.train.eval_batch_size)
     if batch_size < 1:
@@ -241,7 +235,7 @@ def run_bench(
         )
     model: DGSCTModel = create_model(recipe.task, cfg, load_encoder_weights=not random_init).to(dev)
     model.train(train)
-    batch = {k: v.to(dev) for k, v in random_batch(task, recipe, batch_size, cfg=cfg).items()}
+    batch = to_device(random_batch(task, recipe, batch_size, cfg=cfg), dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, recipe.train) if train else None
     if train:  # the memory-lean settings concern training (recompute has no effect without gradients)

@@ -185,6 +185,11 @@ def to_dict(obj: Any) -> Any:
 # -- recipes -----------------------------------------------------------------------------------
 
 
+def recipe_files() -> list[Path]:
+    """The ``*.yaml`` recipes in ``./recipes`` and in the repository's ``recipes/``."""
+    return [*Path("recipes").glob("*.yaml"), *REPO_RECIPES.glob("*.yaml")]
+
+
 def find_recipe(name_or_path: str) -> Path:
     """A path, or a bare name looked up as ``recipes/<name>.yaml`` here or in the repository."""
     p = Path(name_or_path)
@@ -194,7 +199,7 @@ def find_recipe(name_or_path: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    known = sorted({x.stem for folder in (Path("recipes"), REPO_RECIPES) for x in folder.glob("*.yaml")})
+    known = sorted({x.stem for x in recipe_files()})
     raise RecipeError(f"{name_or_path}: recipe not found; known recipes: {', '.join(known) or 'none'}")
 
 

@@ -22,10 +22,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> bf16 on GPU, fp32 elsewhere; an explicit choice is kept."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast_for(device: torch.device, precision: str):
     """bf16 autocast on GPU (the default there), plain fp32 elsewhere unless asked."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    if resolve_precision(device, precision) != "bf16":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

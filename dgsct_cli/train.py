@@ -66,7 +66,7 @@ def training_loss(
     with autocast_for(device, precision):
         out = net(**task.model_inputs(batch), mix_lambda=mix)
     out = {k: v.float() for k, v in out.items()}
-    return task.loss(out, batch, loss_cfg)[0], out
+    return task.loss(out, batch, loss_cfg), out
 
 
 @dataclass
@@ -293,12 +293,6 @@ class Trainer:
             generator=torch.Generator().manual_seed(r.train.seed + prog.epoch),
         )
         self.model.train()
-        loss_sum, correct, counted, seen = (
-            prog.epoch_loss_sum,
-            prog.epoch_correct,
-            prog.epoch_counted,
-            prog.epoch_seen,
-        )
         start = time.perf_counter() - prog.epoch_seconds
         bar = progress_bar(self.console, disable=not (self.show_progress and self.is_main))
         with bar:
@@ -319,19 +313,18 @@ class Trainer:
                 prog.batch_in_epoch = i + 1
                 n = batch["frames"].shape[0]
                 c, k = self.task.batch_accuracy(out, batch)
-                loss_sum, correct, counted, seen = loss_sum + loss * n, correct + c, counted + k, seen + n
-                prog.epoch_loss_sum, prog.epoch_correct, prog.epoch_counted, prog.epoch_seen = (
-                    loss_sum,
-                    correct,
-                    counted,
-                    seen,
-                )
+                # Running totals live in `prog`, so a mid-epoch resume logs the whole epoch.
+                prog.epoch_loss_sum += loss * n
+                prog.epoch_correct += c
+                prog.epoch_counted += k
+                prog.epoch_seen += n
                 prog.epoch_seconds = time.perf_counter() - start
-                rate = seen / max(time.perf_counter() - start, 1e-9)
+                rate = prog.epoch_seen / max(prog.epoch_seconds, 1e-9)
+                accuracy = 100 * prog.epoch_correct / max(prog.epoch_counted, 1)
                 bar.update(
                     job,
                     advance=1,
-                    info=f"loss {loss_sum / seen:.4f}  acc {100 * correct / max(counted, 1):.1f}%  {rate:.1f} samples/s",
+                    info=f"loss {prog.epoch_loss_sum / prog.epoch_seen:.4f}  acc {accuracy:.1f}%  {rate:.1f} samples/s",
                 )
                 if self.interrupt_after_batches is not None:
                     self.interrupt_after_batches -= 1
@@ -340,7 +333,7 @@ class Trainer:
                         raise KeyboardInterrupt
         elapsed = time.perf_counter() - start
         loss_sum, correct, counted, seen = dist_utils.all_reduce_sum(
-            [loss_sum, correct, counted, seen], self.device
+            [prog.epoch_loss_sum, prog.epoch_correct, prog.epoch_counted, prog.epoch_seen], self.device
         )
         return {
             "train_loss": loss_sum / max(seen, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.logging import RichHandler
@@ -51,12 +51,6 @@ def _global(
     )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    from ..atomic import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
 # -- recipes -------------------------------------------------------------------------------------
 
 
@@ -64,12 +58,10 @@ def _write_json(path: Path, obj: Any) -> None:
 @friendly_errors
 def recipes_list() -> None:
     """List the recipes in recipes/."""
-    from ..config import REPO_RECIPES, load_recipe
+    from ..config import load_recipe, recipe_files
 
     table = Table("recipe", "task", "file")
-    for path in sorted(
-        set(Path("recipes").glob("*.yaml")) | set(REPO_RECIPES.glob("*.yaml")), key=lambda p: p.name
-    ):
+    for path in sorted(set(recipe_files()), key=lambda p: p.name):
         table.add_row(path.stem, load_recipe(str(path)).task, str(path))
     console.print(table)
 
@@ -128,22 +120,22 @@ def convert(
 ) -> None:
     """Convert a DG-SCT release checkpoint to a dgsct checkpoint (safetensors + recipe)."""
     from ..checkpoint import save_checkpoint
-    from ..config import Recipe, load_recipe
+    from ..config import load_recipe
     from ..convert import load_official_checkpoint
 
     r = load_recipe(recipe) if recipe else _default_recipe(task)
     if r.task != task:
         raise ValueError(f"--recipe is for task {r.task}, not {task}")
     model = load_official_checkpoint(task, release, r.model)
-    save_checkpoint(model, r if isinstance(r, Recipe) else Recipe(task=task), out, full=True)
+    save_checkpoint(model, r, out, full=True)
     console.print(f"wrote {out} ({_millions(model.parameter_counts()['total'])} parameters, task {task})")
 
 
 def _default_recipe(task: str):
-    from ..config import Recipe, find_recipe, load_recipe
+    from ..config import Recipe, load_recipe
 
     try:
-        return load_recipe(str(find_recipe(task)))
+        return load_recipe(task)
     except ValueError:
         return Recipe(task=task)
 
@@ -244,7 +236,9 @@ def _evaluate(
         f"{r.task.upper()} {split}: {len(dataset)} samples, {task.selection_metric} = {metrics[task.selection_metric]:.2f}"
     )
     if json_out is not None:
-        _write_json(json_out, result)
+        from ..atomic import atomic_write_json
+
+        atomic_write_json(json_out, result)
     return result
 
 
@@ -336,11 +330,11 @@ def tsne(
     for mod in ("visual", "audio") if modality == "both" else (modality,):
         for name, f in (("frozen encoders", base), ("DG-SCT", ours)):
             panels.append(FeaturePanel(f"{mod}: {name}", f[mod].reshape(len(labels), -1), labels))
-    class_names = [str(c) for c in ours["class_names"]]
+    from ..data.cache import label_names
+
     background = int(ours["background_index"])
     background = None if background < 0 else background
-    if background is not None and background == len(class_names):
-        class_names = class_names + ["background"]
+    class_names = label_names([str(c) for c in ours["class_names"]], background)
     scores = plot_tsne_panels(
         panels, class_names, out, background_index=background, seed=seed, title=f"{split} split"
     )

@@ -47,6 +47,7 @@ from ..atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_json
 from .video import DecodeError, decode_clip
 
 __all__ = [
+    "label_names",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "TMP_PREFIX",
@@ -595,6 +596,12 @@ def build_manifest(
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def label_names(class_names: Sequence[str], background_index: int | None) -> list[str]:
+    """Names of the segment labels: the classes, then ``background`` when it is the next index."""
+    extra = ["background"] if background_index is not None and background_index == len(class_names) else []
+    return [*class_names, *extra]
 
 
 class PreparedCache:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
+from ..data.cache import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
 from .base import Task, register_task
 
@@ -34,9 +35,10 @@ def ave_targets(batch: dict[str, Any], background: int) -> tuple[torch.Tensor, t
     return is_event, event
 
 
-def ave_loss(
+def ave_loss_terms(
     outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: AVELossConfig
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> dict[str, torch.Tensor]:
+    """The four loss terms of the release (spec section 6), as tensors."""
     background = outputs["event_logits"].shape[-1]
     is_event, event = ave_targets(batch, background)
     seg = F.binary_cross_entropy_with_logits(outputs["segment_logits"], is_event)
@@ -46,8 +48,26 @@ def ave_loss(
         gate = F.binary_cross_entropy(outputs["av_gate"].clamp(1e-7, 1 - 1e-7), is_event)
     cls = F.cross_entropy(outputs["event_logits"], event)
     av = F.cross_entropy(outputs["av_score"], event)
-    total = seg + gate + cls + av
-    return total, {"segment": seg.item(), "gate": gate.item(), "event": cls.item(), "av_score": av.item()}
+    return {"segment": seg, "gate": gate, "event": cls, "av_score": av}
+
+
+def _sum_terms(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return t["segment"] + t["gate"] + t["event"] + t["av_score"]
+
+
+def ave_total_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: AVELossConfig
+) -> torch.Tensor:
+    """The training loss: no per-term ``.item()``, which would stall every GPU step on a sync."""
+    return _sum_terms(ave_loss_terms(outputs, batch, cfg))
+
+
+def ave_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: AVELossConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total loss and each term as a number (for inspection)."""
+    t = ave_loss_terms(outputs, batch, cfg)
+    return _sum_terms(t), {k: v.item() for k, v in t.items()}
 
 
 def segment_predictions(segment_logits: torch.Tensor, event_logits: torch.Tensor) -> torch.Tensor:
@@ -81,8 +101,7 @@ class AVEEvaluator:
 
     def compute(self) -> dict[str, Any]:
         total = int(self.total.sum())
-        names = self.class_names + ["background"] if self.background == len(self.class_names) else None
-        names = names or [*self.class_names]
+        names = label_names(self.class_names, self.background)
         per_class = {
             names[i] if i < len(names) else str(i): (
                 100.0 * int(self.correct[i]) / int(self.total[i]) if int(self.total[i]) else None
@@ -112,7 +131,7 @@ AVE = register_task(
         head_config=AVEHeadConfig,
         loss_config=AVELossConfig,
         build_head=lambda visual_dim, audio_dim, cfg: AVEHead(visual_dim, audio_dim, cfg),
-        loss=ave_loss,
+        loss=ave_total_loss,
         make_evaluator=AVEEvaluator,
         batch_accuracy=segment_accuracy_counts,
         selection_metric="accuracy",

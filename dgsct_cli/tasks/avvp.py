@@ -59,9 +59,8 @@ def build_mgn_head(visual_dim: int, audio_dim: int, cfg: AVVPHeadConfig) -> MGNH
 
 def avvp_task_loss(
     outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: AVVPLossConfig
-) -> tuple[torch.Tensor, dict[str, float]]:
-    loss = avvp_loss(outputs, batch["labels"], cfg.visual_smoothing)
-    return loss, {"total": loss.item()}
+) -> torch.Tensor:
+    return avvp_loss(outputs, batch["labels"], cfg.visual_smoothing)
 
 
 def video_label_accuracy(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:

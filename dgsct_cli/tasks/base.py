@@ -29,7 +29,8 @@ class Task:
     head_config: type  # dataclass validated from recipe ``model.head``
     loss_config: type  # dataclass validated from recipe ``loss``
     build_head: Callable[[int, int, Any], nn.Module]  # (visual_dim, audio_dim, head_cfg)
-    loss: Callable[[dict[str, torch.Tensor], dict[str, Any], Any], tuple[torch.Tensor, dict[str, float]]]
+    # (outputs, batch, loss_cfg) -> the scalar training loss
+    loss: Callable[[dict[str, torch.Tensor], dict[str, Any], Any], torch.Tensor]
     make_evaluator: Callable[[list[str], int | None], Evaluator]  # (class_names, background_index)
     # Running accuracy shown in the training progress bar: (correct, counted) for one batch.
     batch_accuracy: Callable[[dict[str, torch.Tensor], dict[str, Any]], tuple[int, int]]
