@@ -65,7 +65,7 @@ def save_features(path: str | Path, features: dict[str, Any]) -> Path:
     """One ``.npz`` file, written atomically."""
     path = Path(path)
     if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        path = path.with_name(path.name + ".npz")
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **features)
     return path

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rich.console import Console
-from rich.progress import Progress
 
 from .. import __version__
 from .cache import MANIFEST_NAME, build_manifest, decode_videos_to_cache, write_manifest
@@ -188,7 +187,7 @@ def prepare_ave(
     workers: int = 2,
     image_size: int = 192,
     sample_rate: int = 32000,
-    progress: bool | Progress = True,
+    progress: bool = True,
     console: Console | None = None,
 ) -> PrepareSummary:
     """Decode the AVE videos under ``root`` into a prepared cache at ``out``.

@@ -15,6 +15,7 @@ Kinetics normalisation, ``fc`` removed).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -29,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import Progress
 
 from .. import __version__
 from ..tasks.avvp_metrics import AVVP_CLASSES, read_avvp_ground_truth
@@ -45,7 +45,7 @@ from .cache import (
     write_manifest,
 )
 from .report import PrepareSummary, SkippedVideo, raise_on_empty_split, write_prepare_report
-from .video import DecodeError, _short_message
+from .video import DecodeError, _short_message, quiet_decord
 
 __all__ = [
     "AVVP_EVAL_FILES",
@@ -353,23 +353,15 @@ def r2plus1d_segment_features(
     return torch.cat(outputs).float().numpy()
 
 
-_MODELS: dict[str, torch.nn.Module] = {}  # per process: each decoding worker loads the net once
-
-
+@functools.lru_cache(maxsize=1)  # per process: each decoding worker loads the net once
 def _cached_model(weights: str) -> torch.nn.Module:
-    if weights not in _MODELS:
-        _MODELS.clear()  # one net at a time is plenty
-        _MODELS[weights] = load_r2plus1d_18(weights)
-    return _MODELS[weights]
+    return load_r2plus1d_18(weights)
 
 
 def _decode_st_frames(path: str, num_segments: int, frames_per_segment: int, size: int) -> torch.Tensor:
     """Network input for every segment of ``path`` (decord), resized segment by segment so a
     high-resolution video never holds all its frames at full size."""
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
-    errors = (decord.DECORDError, RuntimeError, ValueError, IndexError, OSError)
+    decord, errors = quiet_decord()
     try:
         reader = decord.VideoReader(path, num_threads=1)
         indices = st_frame_indices(len(reader), float(reader.get_avg_fps()), num_segments, frames_per_segment)
@@ -487,7 +479,7 @@ def prepare_avvp(
     sample_rate: int = 32000,
     features: Path | None = None,
     r2plus1d_weights: Path | None = None,
-    progress: bool | Progress = True,
+    progress: bool = True,
     console: Console | None = None,
 ) -> PrepareSummary:
     """Decode the LLP videos under ``root`` into a prepared cache at ``out``, with ``video_st``.
@@ -614,7 +606,7 @@ def prepare_avvp(
         description="decoding LLP videos" + (" + R(2+1)D features" if extras else ""),
         extras=extras,
     )
-    _MODELS.clear()  # with workers=1 the net was loaded in this process
+    _cached_model.cache_clear()  # with workers=1 the net was loaded in this process
     failed.update(outcome.failed)
     if features is not None:
         copied = 0

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-# Every temp file starts with this, so a later run can find and remove leftovers.
 # timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD, copied so the data path does not import timm.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -364,7 +364,7 @@ def decode_videos_to_cache(
     image_size: int,
     sample_rate: int,
     workers: int = 2,
-    progress: bool | Progress = True,
+    progress: bool = True,
     console: Console | None = None,
     description: str = "decoding videos",
     extras: Sequence[ExtraArraySpec] = (),
@@ -404,34 +404,23 @@ def decode_videos_to_cache(
                 )
             )
 
-    # No bar when everything is reused; a caller's Progress gets a task, ours is started here.
-    bar: Progress | None = None
-    if jobs and progress is True:
-        bar = make_progress(console)
-    elif jobs and isinstance(progress, Progress):
-        bar = progress
-    own_progress = bar is not None and progress is True
-    task = None
+    # No bar when everything is reused.
+    bar = make_progress(console) if jobs and progress else None
     if bar is not None:
         label = description + (f" ({len(outcome.reused)} reused)" if outcome.reused else "")
         task = bar.add_task(label, total=len(jobs))
 
     def on_result(video_id: str, reason: str | None) -> None:
         results[video_id] = reason
-        if bar is not None and task is not None:
+        if bar is not None:
             bar.advance(task)
 
-    if own_progress and bar is not None:
-        bar.start()
-    try:
+    with bar if bar is not None else nullcontext():
         if workers > 1 and len(jobs) > 1:
             _run_parallel(jobs, workers, on_result)
         else:
             for job in jobs:
                 on_result(*_decode_job(job))
-    finally:
-        if own_progress and bar is not None:
-            bar.stop()
 
     for video_id in videos:
         if video_id in results:
@@ -737,8 +726,9 @@ class SegmentDataset(Dataset):
         return len(self.samples)
 
     def _frames(self, video_id: str) -> torch.Tensor:
-        # np.array copies the memmapped slice, so the tensor owns writable memory.
-        x = torch.from_numpy(np.array(self.cache.frames(video_id))).permute(0, 3, 1, 2).float() / 255.0
+        # np.array copies the memmapped slice, so the tensor owns writable memory; .float() makes
+        # the one float copy and the arithmetic below works in place on it.
+        x = torch.from_numpy(np.array(self.cache.frames(video_id))).permute(0, 3, 1, 2).float().div_(255.0)
         if self.image_size != self.cache.image_size:
             # The release resized float tensors bicubically, no antialias and no clamp.
             x = F.interpolate(
@@ -748,7 +738,7 @@ class SegmentDataset(Dataset):
                 align_corners=False,
                 antialias=False,
             )
-        return (x - self._mean) / self._std
+        return x.sub_(self._mean).div_(self._std)
 
     def _audio(self, video_id: str) -> torch.Tensor:
         wave = torch.from_numpy(np.array(self.cache.audio(video_id), dtype=np.float32))
@@ -761,7 +751,7 @@ class SegmentDataset(Dataset):
             wave = F.pad(wave, (0, length - wave.shape[0]))
         segments = wave[:length].reshape(self.num_segments, self.sample_rate)
         # [a b c] -> [a b c a b c ...]: each row is its own second repeated (np.tile per row).
-        return segments.repeat(1, self.segment_tiling).contiguous()
+        return segments.repeat(1, self.segment_tiling)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self.samples[i]

@@ -126,7 +126,7 @@ def _video_codec() -> str:
     raise RuntimeError("PyAV has no h264 or mpeg4 encoder")
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None, sample_rate: int) -> None:
+def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray, sample_rate: int) -> None:
     """Encode ``frames`` (+ mono ``audio``) into ``path``, via a temp file so it is never partial."""
     import av
 
@@ -137,28 +137,25 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | Non
         vstream.pix_fmt = "yuv420p"
         if codec != "mpeg4":
             vstream.options = {"preset": "ultrafast", "crf": "28"}
-        astream = None
-        if audio is not None:
-            astream = container.add_stream("aac", rate=sample_rate, layout="mono")
-            astream.bit_rate = 48000
+        astream = container.add_stream("aac", rate=sample_rate, layout="mono")
+        astream.bit_rate = 48000
         for img in frames:
             for packet in vstream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in vstream.encode():
             container.mux(packet)
-        if astream is not None and audio is not None:
-            chunk = 1024  # AAC frame size
-            for start in range(0, audio.shape[0], chunk):
-                frame = av.AudioFrame.from_ndarray(
-                    audio[None, start : start + chunk], format="fltp", layout="mono"
-                )
-                frame.sample_rate = sample_rate
-                frame.pts = start
-                frame.time_base = fractions.Fraction(1, sample_rate)
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
+        chunk = 1024  # AAC frame size
+        for start in range(0, audio.shape[0], chunk):
+            frame = av.AudioFrame.from_ndarray(
+                audio[None, start : start + chunk], format="fltp", layout="mono"
+            )
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            frame.time_base = fractions.Fraction(1, sample_rate)
+            for packet in astream.encode(frame):
                 container.mux(packet)
+        for packet in astream.encode():
+            container.mux(packet)
 
 
 def _video_ids(count: int, rng) -> list[str]:

@@ -96,13 +96,17 @@ def _open_failure(path: Path, exc: BaseException) -> str:
     return _short_message(exc)
 
 
-def _decord():
-    # Imported lazily so that importing this module stays cheap and decord's global log level
-    # is set in whichever process does the decoding (worker processes included).
+def quiet_decord():
+    """decord, with its read errors: ``(module, exception types)``.
+
+    Imported lazily so that importing this module stays cheap and decord's global log level
+    is set in whichever process does the decoding (worker processes included).
+    """
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
-    return decord
+    # decord raises DECORDError for most failures and RuntimeError for some open errors.
+    return decord, (decord.DECORDError, RuntimeError, ValueError, IndexError, OSError)
 
 
 def decode_clip(
@@ -122,9 +126,7 @@ def decode_clip(
     path = Path(path)
     if not path.is_file():
         raise DecodeError("missing")
-    decord = _decord()
-    # decord raises DECORDError for most failures and RuntimeError for some open errors.
-    errors = (decord.DECORDError, RuntimeError, ValueError, IndexError, OSError)
+    decord, errors = quiet_decord()
 
     try:
         reader = decord.VideoReader(str(path), num_threads=num_threads)
