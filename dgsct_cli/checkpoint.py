@@ -8,6 +8,7 @@ buffers the train-mode encoders update) and rebuild the frozen encoders from the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,16 @@ from safetensors.torch import save_file
 from .atomic import atomic_output
 from .config import Recipe, recipe_from_dict, to_dict
 from .models.dgsct import DGSCTModel
-from .models.weights import CheckpointError, describe_keys
+from .models.weights import CheckpointError, describe_keys, load_state_dict_file
 
 FORMAT = "dgsct-checkpoint-1"
 
 
-def _delta_keys(model: DGSCTModel) -> set[str]:
+def _delta_keys(model: DGSCTModel, state_keys: Iterable[str]) -> set[str]:
+    """Keys a delta checkpoint stores: trainable parameters and persistent buffers."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n for n, _ in model.named_buffers()}
-    return trainable | (buffers & set(model.state_dict()))
+    return trainable | (buffers & set(state_keys))
 
 
 def save_checkpoint(
@@ -43,7 +45,7 @@ def save_checkpoint(
     if recipe.model.visual.weights in (None, "hub") or recipe.model.audio.weights is None:
         full = True
     if not full:
-        keep = _delta_keys(model)
+        keep = _delta_keys(model, state)
         state = {k: v for k, v in state.items() if k in keep}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     meta = {
@@ -97,7 +99,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tup
     model = create_model(recipe.task, recipe.model, load_encoder_weights=not full)
     state = load_file(str(path))
     own = model.state_dict()
-    expected = set(own) if full else _delta_keys(model)
+    expected = set(own) if full else _delta_keys(model, own)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
@@ -114,9 +116,7 @@ def load_any_checkpoint(
 
     Returns (model, recipe, kind) with kind one of "dgsct", "release".
     """
-    from .config import Recipe as RecipeCls
     from .convert import detect_release_task, load_official_checkpoint
-    from .models.weights import load_state_dict_file
 
     path = Path(path)
     if path.is_dir():
@@ -137,8 +137,9 @@ def load_any_checkpoint(
         raise CheckpointError(
             f"{path}: neither a dgsct checkpoint nor a recognised DG-SCT release checkpoint"
         )
-    recipe = recipe_for_release or RecipeCls(task=task)
-    if recipe.task != task:
-        recipe = RecipeCls(task=task)
+    # The caller's recipe only where it is for the file's task.
+    recipe = (
+        recipe_for_release if recipe_for_release and recipe_for_release.task == task else Recipe(task=task)
+    )
     model = load_official_checkpoint(task, state, recipe.model)
     return model, recipe, "release"

@@ -149,20 +149,21 @@ class AssignAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def assignment(self, raw: torch.Tensor) -> torch.Tensor:
-        """Assignment matrix [B, S, L] from the raw logits [B, S, L] (groups on dim -2)."""
+    def assignment(self, raw: torch.Tensor, group_soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Assignment matrix [B, S, L] from the raw logits [B, S, L] (groups on dim -2);
+        ``group_soft`` is ``raw.softmax(dim=-2)`` when the caller has it already."""
         if self.gumbel and self.training:
             return gumbel_softmax(raw, dim=-2, hard=self.hard, tau=self.tau)
-        if self.hard:
-            return straight_through_one_hot(raw.softmax(dim=-2), dim=-2)
-        return raw.softmax(dim=-2)
+        group_soft = raw.softmax(dim=-2) if group_soft is None else group_soft
+        return straight_through_one_hot(group_soft, dim=-2) if self.hard else group_soft
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """query: groups [B, S, C]; key: tokens [B, L, C]. Returns ([B, S, C], maps [B, S, L])."""
         raw = self.q_proj(query) @ self.k_proj(key).transpose(-2, -1) * self.scale
-        attn = self.assignment(raw)
+        group_soft = raw.softmax(dim=-2)
+        attn = self.assignment(raw, group_soft)
         # Release quirk (E.5): the "soft" map is 1 + a softmax over tokens of the group-softmax.
-        soft = 1.0 + raw.softmax(dim=-2).softmax(dim=-1)
+        soft = 1.0 + group_soft.softmax(dim=-1)
         maps = {"hard": attn, "soft": soft}
         # Each group's weights are normalised by (their sum over tokens + eps) before pooling values.
         attn = attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps)
