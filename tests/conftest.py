@@ -1,4 +1,4 @@
-"""Shared test helpers: where ../shared is, tiny models, release-layout state dicts."""
+"""Shared test helpers: where the fixtures are, tiny models, release-layout state dicts."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "spec" / "fixtures"
-
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is absent")
+FIXTURES = REPO / "tests" / "fixtures" / "release"
+DATA = REPO / "tests" / "fixtures" / "data"  # real annotation files (no media)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FIXTURES, needs_shared, release_state_dict_from_shapes
+from conftest import FIXTURES, release_state_dict_from_shapes
 
 from dgsct_cli.convert import detect_release_task, load_official_checkpoint, map_release_state_dict
 from dgsct_cli.models.weights import CheckpointError
@@ -18,7 +18,6 @@ def release_avvp_state():
     return release_state_dict_from_shapes(AVVP_SHAPES)
 
 
-@needs_shared
 @pytest.mark.slow
 def test_release_avvp_state_dict_loads_strictly_and_runs(release_avvp_state):
     assert detect_release_task(release_avvp_state) == "avvp"
@@ -54,7 +53,6 @@ def test_release_avvp_state_dict_loads_strictly_and_runs(release_avvp_state):
         assert ((out[key] > 0) & (out[key] < 1)).all()
 
 
-@needs_shared
 def test_avvp_release_refused_as_ave_and_missing_keys_listed(release_avvp_state):
     with pytest.raises(CheckpointError, match="this is an AVVP release checkpoint, expected AVE"):
         load_official_checkpoint("ave", release_avvp_state)

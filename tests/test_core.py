@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import FIXTURES, needs_shared, tiny_inputs
+from conftest import FIXTURES, tiny_inputs
 
 from dgsct_cli.models.adapter import AdapterSettings, DGSCTAdapter
 from dgsct_cli.models.dual import pair_blocks
@@ -21,7 +21,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@needs_shared
 @pytest.mark.parametrize("order", ["auto", "conv_first", "fc_first"])
 def test_adapter_reproduces_release_fixture(order, monkeypatch):
     fx = torch.load(FIXTURES / "official_adapter_small.pt", weights_only=True)
@@ -197,7 +196,6 @@ def test_htsat_lightning_checkpoint_loads_and_matches(tmp_path):
         load_htsat_weights(HTSAT(_tiny_audio_cfg()), path)
 
 
-@needs_shared
 def test_full_htsat_keys_cover_release_htsat_keys():
     import json
 
@@ -267,7 +265,7 @@ def test_visual_weights_file_errors(tmp_path):
 # -- the AVE model's call ------------------------------------------------------------------------
 
 
-def test_tiny_ave_model_outputs_and_speed_budget(tiny_model):
+def test_tiny_ave_model_outputs(tiny_model):
     model = tiny_model().train()
     frames, audio = tiny_inputs()
     out = model(frames=frames, audio=audio)

@@ -24,15 +24,13 @@ from dgsct_cli.data.cache import TMP_PREFIX, PreparedCache, SegmentDataset, atom
 from dgsct_cli.data.synthetic import break_dataset, write_synthetic_ave
 from dgsct_cli.data.video import DecodeError, decode_clip, frame_indices, tile_audio
 
-REAL_AVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ave"
-needs_real_ave = pytest.mark.skipif(not REAL_AVE.is_dir(), reason="../shared/data/ave is absent")
+REAL_AVE = Path(__file__).resolve().parent / "fixtures" / "data" / "ave"
 SR = 32000
 
 
 # --------------------------------------------------------------------------- annotations
 
 
-@needs_real_ave
 def test_real_annotations_counts_and_class_order() -> None:
     class_names, splits = read_ave_annotations(REAL_AVE)
     assert len(class_names) == 28

@@ -36,8 +36,7 @@ from dgsct_cli.data.report import summary_table
 from dgsct_cli.data.synthetic import break_dataset, write_synthetic_llp
 from dgsct_cli.tasks.avvp_metrics import AVVP_CLASSES
 
-REAL_AVVP = Path(__file__).resolve().parents[2] / "shared" / "data" / "avvp"
-needs_real_avvp = pytest.mark.skipif(not REAL_AVVP.is_dir(), reason="../shared/data/avvp is absent")
+REAL_AVVP = Path(__file__).resolve().parent / "fixtures" / "data" / "avvp"
 SPLIT_FILES = ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv")
 EVAL_FILES = ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv")
 
@@ -45,7 +44,6 @@ EVAL_FILES = ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv")
 # --------------------------------------------------------------------------- annotations
 
 
-@needs_real_avvp
 def test_real_csvs_parse_with_published_counts(tmp_path: Path) -> None:
     splits = read_llp_annotations(REAL_AVVP)
     assert {k: len(v) for k, v in splits.items()} == {"train": 10000, "val": 649, "test": 1200}

@@ -20,13 +20,7 @@ from dgsct_cli.models.heads.mgn import (
     straight_through_one_hot,
 )
 
-SHAPES = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "spec"
-    / "fixtures"
-    / "official_avvp_state_dict_shapes.json"
-)
+SHAPES = Path(__file__).resolve().parent / "fixtures" / "release" / "official_avvp_state_dict_shapes.json"
 TINY = dict(visual_dim=64, audio_dim=32, st_dim=16, dim=32, temporal_dim=16, temporal_ff_dim=32)
 
 
@@ -56,14 +50,12 @@ def _shapes(module: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in module.state_dict().items()}
 
 
-@pytest.mark.skipif(not SHAPES.exists(), reason="shared spec fixtures not available")
 def test_state_dict_matches_release_head_keys(default_head: MGNHead, gated_head: MGNHead) -> None:
     assert _shapes(default_head) == _release_head_shapes(MGN_UNUSED_RELEASE_KEYS)
     # The opt-in gated audio path builds the visual temporal branch under the release names too.
     assert _shapes(gated_head) == _release_head_shapes(MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO)
 
 
-@pytest.mark.skipif(not SHAPES.exists(), reason="shared spec fixtures not available")
 def test_unused_patterns_only_match_head_keys_that_exist() -> None:
     keys = _release_head_shapes({})
     for pattern in MGN_UNUSED_RELEASE_KEYS:

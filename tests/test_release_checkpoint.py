@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FIXTURES, needs_shared, release_state_dict_from_shapes
+from conftest import FIXTURES, release_state_dict_from_shapes
 
 from dgsct_cli.convert import detect_release_task, load_official_checkpoint
 from dgsct_cli.models.weights import CheckpointError
@@ -17,7 +17,6 @@ def release_ave_state():
     return release_state_dict_from_shapes(AVE_SHAPES)
 
 
-@needs_shared
 @pytest.mark.slow
 def test_release_ave_state_dict_loads_strictly_and_runs(release_ave_state, tmp_path):
     from dgsct_cli.convert import COMMON_UNUSED_RELEASE_KEYS, map_release_state_dict
@@ -62,13 +61,11 @@ def test_release_ave_state_dict_loads_strictly_and_runs(release_ave_state, tmp_p
         assert torch.isfinite(out[key]).all(), key
 
 
-@needs_shared
 def test_release_task_is_detected_by_keys(release_ave_state):
     assert detect_release_task(release_ave_state) == "ave"
     assert detect_release_task({"module." + k: v for k, v in list(release_ave_state.items())[:5]}) is None
 
 
-@needs_shared
 def test_release_missing_key_is_listed(release_ave_state):
     broken = dict(release_ave_state)
     broken.pop("temporal_attn.a_fc.weight")
@@ -76,7 +73,6 @@ def test_release_missing_key_is_listed(release_ave_state):
         load_official_checkpoint("ave", broken)
 
 
-@needs_shared
 def test_release_unexpected_key_is_listed(release_ave_state):
     extra = dict(release_ave_state)
     extra["CMBS.something_new.weight"] = torch.zeros(3)
@@ -93,7 +89,6 @@ def test_not_a_release_checkpoint_or_wrong_task(tmp_path):
         load_official_checkpoint("avqa2", path)
 
 
-@needs_shared
 def test_wrong_task_release_checkpoint_is_refused():
     from dgsct_cli.tasks.base import available_tasks
 

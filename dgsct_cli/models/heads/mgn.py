@@ -250,8 +250,9 @@ class ModalityTrans(nn.Module):
             z = blk(z)
         x_attn, group_tokens = z[:, :num_tokens], z[:, num_tokens:]
         if self.han_encoder is not None and x_other is not None:
-            # HAN: the L tokens act as group tokens that gather from the other modality's tokens.
-            x_attn, _ = self.han_encoder(x_other, x_attn)
+            # HAN (release AVVP/nets/grouping.py:764): this modality's tokens are HAN's x (keys and
+            # values, the tokens assigned); the other modality's tokens are its group tokens.
+            x_attn, _ = self.han_encoder(x_attn, x_other)
         return self.grouping(x_attn, group_tokens)
 
 
