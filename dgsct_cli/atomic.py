@@ -6,6 +6,7 @@ files get the ordinary permissions the umask gives (``mkstemp`` alone would leav
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -56,3 +57,22 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented UTF-8 JSON atomically."""
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise the ``OSError`` a write of ``path`` would hit (read-only, permissions), now, before
+    the work that produces it: a scratch file is created and removed in its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "check.", dir=folder)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+    os.close(fd)
+    os.unlink(tmp)

@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Recipe, build_dataclass
-from .evaluate import autocast_for, make_loader, resolve_device, resolve_precision, to_device
+from .config import Recipe
+from .data.datasets import make_loader
+from .factory import create_model, ensure_data, open_split
 from .models.dgsct import DGSCTModel
-from .models.factory import create_model
-from .runtime import configure_runtime
+from .runtime import autocast_for, configure_runtime, resolve_device, resolve_precision, to_device
 from .tasks.base import Task, get_task
 from .train import make_optimizer, mixup_distribution, training_loss
 
@@ -36,30 +36,6 @@ DTYPES = ("auto", "fp32", "bf16")
 
 
 # -- random batches ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """What a random batch needs to know: sizes and the task's head config (e.g. ``st_dim``)."""
-
-    batch: int
-    segments: int
-    num_classes: int
-    head: Any
-
-
-BatchMaker = Callable[[BatchSpec, torch.Generator], torch.Tensor]
-
-# Batch key -> maker of a random tensor the model/loss accepts for it. Tasks share keys, so a new
-# task needs a maker here only for a genuinely new key (its keys come from Task.target_keys).
-BATCH_MAKERS: dict[str, BatchMaker] = {
-    # AVE: per-segment class with background = num_classes, and the clip's event class.
-    "segment_labels": lambda s, g: torch.randint(0, s.num_classes + 1, (s.batch, s.segments), generator=g),
-    "event_label": lambda s, g: torch.randint(0, s.num_classes, (s.batch, 1), generator=g),
-    # AVVP: weak multi-hot video labels and the R(2+1)D features the MGN head takes.
-    "labels": lambda s, g: (torch.rand(s.batch, s.num_classes, generator=g) < 0.3).float(),
-    "video_st": lambda s, g: torch.randn(s.batch, s.segments, getattr(s.head, "st_dim", 512), generator=g),
-}
 
 
 def input_shapes(recipe: Recipe, batch_size: int, cfg: Any = None) -> dict[str, list[int]]:
@@ -73,21 +49,13 @@ def input_shapes(recipe: Recipe, batch_size: int, cfg: Any = None) -> dict[str, 
 def random_batch(
     task: Task, recipe: Recipe, batch_size: int, generator: torch.Generator | None = None, cfg: Any = None
 ) -> dict[str, torch.Tensor]:
-    """Random inputs of the recipe's shapes plus the head inputs and targets the task's loss reads."""
+    """Random inputs of the recipe's shapes plus every key the task's model call and loss read
+    (the task makes them: ``Task.bench_batch``)."""
     cfg = cfg or recipe.model
+    if getattr(cfg.head, "num_classes", 0) is None:  # no data here: the task's default class count
+        cfg = replace(cfg, head=task.resolve_head(cfg.head, None))
     g = generator or torch.Generator().manual_seed(0)
-    shapes = input_shapes(recipe, batch_size, cfg)
-    batch = {
-        "frames": torch.randn(*shapes["frames"], generator=g),
-        "audio": torch.randn(*shapes["audio"], generator=g) * 0.1,  # waveform-like amplitude
-    }
-    head = build_dataclass(task.head_config, cfg.head, "model.head")
-    spec = BatchSpec(batch_size, cfg.num_segments, head.num_classes, head)
-    for key in (*task.head_inputs, *task.target_keys):
-        if key not in BATCH_MAKERS:
-            raise ValueError(f"bench: no random maker for batch key {key!r} of task {task.name!r}")
-        batch[key] = BATCH_MAKERS[key](spec, g)
-    return batch
+    return task.bench_batch(cfg, recipe.data, batch_size, g)
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -166,10 +134,8 @@ def measure_loader(
     recipe: Recipe, data_dir: Path, batch_size: int, device: torch.device, batches: int = 4, console=None
 ) -> dict[str, Any]:
     """samples/s of the recipe's DataLoader over the prepared cache (first batch = start-up, apart)."""
-    from .train import ensure_data, open_dataset
-
     data_dir = ensure_data(recipe, data_dir, console)
-    dataset = open_dataset(recipe, data_dir, recipe.data.train_split)
+    dataset = open_split(recipe, data_dir, recipe.data.train_split)
     if len(dataset) == 0:
         raise ValueError(f"{data_dir}: split '{recipe.data.train_split}' is empty")
     loader = make_loader(dataset, batch_size, recipe.data.num_workers, device)
@@ -226,7 +192,7 @@ def run_bench(
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
 
     task = get_task(recipe.task)
-    loss_cfg = build_dataclass(task.loss_config, recipe.loss, "loss")
+    loss_cfg = recipe.loss
     cfg = recipe.model if recompute is None else replace(recipe.model, recompute="on" if recompute else "off")
     torch.manual_seed(recipe.train.seed)
     if console is not None:
@@ -234,10 +200,10 @@ def run_bench(
             f"building {recipe.name or recipe.task} ({'random' if random_init else 'recipe'} weights)"
         )
     model: DGSCTModel = create_model(recipe.task, cfg, load_encoder_weights=not random_init).to(dev)
+    cfg = model.cfg  # the head's class count resolved
     model.train(train)
     batch = to_device(random_batch(task, recipe, batch_size, cfg=cfg), dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe.train) if train else None
+    optimizer = make_optimizer(model, recipe.train) if train else None
     if train:  # the memory-lean settings concern training (recompute has no effect without gradients)
         configure_runtime(model, dev)
     mixup = mixup_distribution(task, recipe.train) if train else None
@@ -254,7 +220,7 @@ def run_bench(
     @torch.no_grad()
     def eval_step() -> None:
         with autocast_for(dev, precision):
-            model(**task.model_inputs(batch))
+            task.forward(model, batch)
 
     step = train_step if train else eval_step
     if dev.type == "cuda":

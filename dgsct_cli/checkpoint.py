@@ -1,26 +1,39 @@
-"""Our checkpoint format: a safetensors file whose metadata carries the resolved recipe.
+"""Our checkpoint format: a safetensors file whose metadata carries the resolved recipe and a
+checksum of its tensors.
 
 ``full`` checkpoints hold every weight (self-contained: what ``dgsct convert`` writes);
-``delta`` checkpoints (training runs) hold only what training changes (adapters, head, and the
-buffers the train-mode encoders update) and rebuild the frozen encoders from the recipe's files.
+``delta`` checkpoints (training runs) hold only what training changes (trainable parameters and
+the buffers the train-mode encoders update) and rebuild the frozen encoders from the recipe's
+files. Every load verifies the checksum, so flipped bytes are refused with the file's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .atomic import atomic_output
-from .config import Recipe, recipe_from_dict, to_dict
+from .config import Recipe, recipe_from_dict
 from .models.dgsct import DGSCTModel
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file
+from .schema import RecipeError, to_dict
 
 FORMAT = "dgsct-checkpoint-1"
+__all__ = [
+    "FORMAT",
+    "is_dgsct_checkpoint",
+    "load_any_checkpoint",
+    "load_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+    "tensor_checksum",
+]
 
 
 def _delta_keys(model: DGSCTModel, state_keys: Iterable[str]) -> set[str]:
@@ -30,19 +43,32 @@ def _delta_keys(model: DGSCTModel, state_keys: Iterable[str]) -> set[str]:
     return trainable | (buffers & set(state_keys))
 
 
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes, not a copy
+    return digest.hexdigest()
+
+
 def save_checkpoint(
     model: DGSCTModel,
     recipe: Recipe,
     path: str | Path,
     full: bool = True,
     metrics: dict[str, Any] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``path`` atomically (temp file + rename)."""
+    """Write ``path`` atomically (temp file + rename); ``extra`` adds metadata strings."""
+    from safetensors.torch import save_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     # Randomly initialised encoders cannot be rebuilt from files: keep them in the checkpoint.
-    if recipe.model.visual.weights in (None, "hub") or recipe.model.audio.weights is None:
+    if any(getattr(getattr(recipe.model, s), "weights", None) in (None, "hub") for s in ("visual", "audio")):
         full = True
     if not full:
         keep = _delta_keys(model, state)
@@ -54,6 +80,8 @@ def save_checkpoint(
         "contents": "full" if full else "delta",
         "recipe": json.dumps(to_dict(recipe)),
         "metrics": json.dumps(metrics or {}),
+        "sha256": tensor_checksum(tensors),
+        **(extra or {}),
     }
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -68,7 +96,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a dgsct checkpoint (not a safetensors file: {exc})") from exc
+        raise CheckpointError(f"{path}: not a dgsct checkpoint (not a safetensors file: {exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dgsct checkpoint (no '{FORMAT}' metadata)")
     return meta
@@ -82,22 +110,55 @@ def is_dgsct_checkpoint(path: str | Path) -> bool:
         return False
 
 
-def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tuple[DGSCTModel, Recipe, dict]:
-    """Rebuild the model from the checkpoint's recipe and load its weights (strict)."""
-    from safetensors.torch import load_file
+def _json_field(meta: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(meta.get(key, "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: damaged metadata: '{key}' is not valid JSON") from None
 
-    from .config import apply_overrides
-    from .models.factory import create_model
+
+def read_checkpoint_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of one of our checkpoints, checksum verified."""
+    from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_metadata(path)
-    raw = json.loads(meta["recipe"])
+    try:
+        state = load_file(str(path), device=device)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({' '.join(str(exc).split())})") from None
+    expected = meta.get("sha256")
+    if expected is not None and tensor_checksum(state) != expected:
+        raise CheckpointError(
+            f"{path}: damaged checkpoint: its tensors do not match the checksum they were saved with"
+        )
+    return state
+
+
+def checkpoint_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, str]]:
+    """(the embedded recipe, the metadata) of one of our checkpoints."""
+    from .config import apply_overrides
+
+    path = Path(path)
+    meta = read_metadata(path)
+    raw = _json_field(meta, "recipe", path)
     if overrides:
         raw = apply_overrides(raw, overrides)
-    recipe = recipe_from_dict(raw, f"{path} (embedded recipe)")
+    try:
+        return recipe_from_dict(raw, f"{path} (embedded recipe)"), meta
+    except RecipeError as exc:
+        raise CheckpointError(f"damaged or incompatible checkpoint: {exc}") from None
+
+
+def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tuple[DGSCTModel, Recipe, dict]:
+    """Rebuild the model from the checkpoint's recipe and load its weights (strict, verified)."""
+    from .factory import build_model
+
+    path = Path(path)
+    recipe, meta = checkpoint_recipe(path, overrides)
     full = meta.get("contents") == "full"
-    model = create_model(recipe.task, recipe.model, load_encoder_weights=not full)
-    state = load_file(str(path))
+    model = build_model(recipe, load_encoder_weights=not full)
+    state = read_checkpoint_tensors(path)
     own = model.state_dict()
     expected = set(own) if full else _delta_keys(model, own)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(own))
@@ -105,8 +166,24 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tup
         raise CheckpointError(
             f"{path}: does not fit its recipe's model: {describe_keys(missing, unexpected)}"
         )
+    wrong = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) with the wrong shape, e.g. {wrong[0]}")
     model.load_state_dict(state, strict=False)
-    return model, recipe, json.loads(meta.get("metrics", "{}"))
+    return model, recipe, _json_field(meta, "metrics", path)
+
+
+def resolve_run_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: run folder without best.safetensors or last.safetensors")
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
 
 
 def load_any_checkpoint(
@@ -116,18 +193,9 @@ def load_any_checkpoint(
 
     Returns (model, recipe, kind) with kind one of "dgsct", "release".
     """
-    from .convert import detect_release_task, load_official_checkpoint
+    from .convert import detect_release_task, load_official_checkpoint, release_recipe
 
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path}: run folder without best.safetensors or last.safetensors")
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    path = resolve_run_checkpoint(path)
     if is_dgsct_checkpoint(path):
         model, recipe, _ = load_checkpoint(path)
         return model, recipe, "dgsct"
@@ -137,9 +205,6 @@ def load_any_checkpoint(
         raise CheckpointError(
             f"{path}: neither a dgsct checkpoint nor a recognised DG-SCT release checkpoint"
         )
-    # The caller's recipe only where it is for the file's task.
-    recipe = (
-        recipe_for_release if recipe_for_release and recipe_for_release.task == task else Recipe(task=task)
-    )
+    recipe = release_recipe(task, recipe_for_release)
     model = load_official_checkpoint(task, state, recipe.model)
     return model, recipe, "release"

@@ -1,28 +1,42 @@
-"""Recipes: YAML files loaded into typed, validated dataclasses, with ``key.path=value`` overrides.
+"""Recipes: YAML files resolved once into typed, range-checked objects, with ``key.path=value``
+overrides.
 
-Every error names the recipe file (or the override) and the key, and suggests the closest valid
-key for a typo.
+``load_recipe`` reads a recipe (a built-in name such as ``ave`` or ``ave.yaml``, or a path), applies
+overrides and returns a :class:`Recipe` whose every section is typed: the encoder family types
+``model.visual``/``model.audio``/``model.text``, the task types ``model.head`` and ``loss``. Every
+error names the recipe file (and the overrides), the key and the allowed values, before any data
+or weights are read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
+import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .models.dgsct import ModelConfig
+from .models.dgsct import ModelConfig, resolve_family_sections
+from .schema import Annotated, OneOf, Range, RecipeError, build_dataclass, to_dict
 
-REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-class RecipeError(ValueError):
-    """A recipe (or override) that cannot be used; the message names the source and the key."""
+__all__ = [
+    "DataConfig",
+    "InitFrom",
+    "ParamGroup",
+    "Recipe",
+    "RecipeError",
+    "SchedulerConfig",
+    "TrainConfig",
+    "builtin_recipe_dir",
+    "find_recipe",
+    "load_recipe",
+    "recipe_files",
+    "recipe_from_dict",
+    "recipe_to_yaml",
+]
 
 
 @dataclass
@@ -30,11 +44,12 @@ class DataConfig:
     """Recipe section ``data``."""
 
     path: str = "data/ave"  # the prepared cache (``dgsct prepare ...`` output)
-    # When ``path`` does not exist, write and prepare a synthetic dataset there (tiny recipes).
+    # When ``path`` is this default location and absent, write and prepare a synthetic dataset
+    # there (tiny recipes). A path given on the command line is never filled with synthetic data.
     synthetic_if_missing: bool = False
-    synthetic_videos: int = 24
-    segment_tiling: int = 10  # each 1-s segment repeated back to back (the release's audio input)
-    num_workers: int = 2
+    synthetic_videos: Annotated[int, Range(3)] = 24
+    segment_tiling: Annotated[int, Range(1)] = 10  # each 1-s segment repeated back to back
+    num_workers: Annotated[int, Range(0)] = 2
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
@@ -42,42 +57,63 @@ class DataConfig:
 
 @dataclass
 class SchedulerConfig:
-    type: str = "step"  # "step" or "none"
-    step_size: int = 3  # epochs
-    gamma: float = 0.35
+    """Recipe section ``train.scheduler``: the learning-rate schedule, stepped once per epoch."""
 
-    def __post_init__(self) -> None:
-        if self.type not in ("step", "none"):
-            raise ValueError(f"must be 'step' or 'none', got {self.type!r}")
+    type: Annotated[str, OneOf("step", "multistep", "cosine", "none")] = "step"
+    step_size: Annotated[int, Range(1)] = 3  # epochs (step)
+    gamma: Annotated[float, Range(0, 1, open_low=True)] = 0.35  # decay factor (step, multistep)
+    milestones: Annotated[list[int], Range(1)] = field(default_factory=list)  # epochs (multistep)
+    min_lr: Annotated[float, Range(0)] = 0.0  # floor of the cosine schedule
+    warmup_epochs: Annotated[int, Range(0)] = 0  # linear warm-up before the cosine decay
+
+
+@dataclass
+class ParamGroup:
+    """One entry of ``train.param_groups``: parameters whose name matches ``match`` (a glob such as
+    ``head.question_encoder.*``) train with their own learning rate / weight decay."""
+
+    match: str = "*"
+    lr: Annotated[float, Range(0, open_low=True)] | None = None
+    weight_decay: Annotated[float, Range(0)] | None = None
+
+
+@dataclass
+class InitFrom:
+    """``train.init_from``: copy named modules from another checkpoint before training."""
+
+    checkpoint: str = ""
+    # Parameter-name prefixes of our model to copy (e.g. ``head.fusion``); every tensor under each
+    # must exist in both models with the same shape.
+    modules: list[str] = field(default_factory=list)
 
 
 @dataclass
 class TrainConfig:
-    """Recipe section ``train`` (AVE release values by default, spec section 6)."""
+    """Recipe section ``train`` (AVE release values by default)."""
 
-    epochs: int = 50
-    batch_size: int = 8
-    grad_accum: int = 2
-    lr: float = 5e-4
-    weight_decay: float = 0.0
+    epochs: Annotated[int, Range(1)] = 50
+    batch_size: Annotated[int, Range(1)] = 8
+    grad_accum: Annotated[int, Range(1)] = 2
+    # "sum": gradients of grad_accum micro-batches are averaged into one step. "release": the
+    # release's AVE loop (AVE/main_trans.py:109-136) clears the gradients before every batch and
+    # steps every grad_accum batches, so a step uses the last batch's gradient alone; the other
+    # batches still run forward (BatchNorm statistics, random draws) and we skip their backward.
+    accumulation: Annotated[str, OneOf("sum", "release")] = "sum"
+    lr: Annotated[float, Range(0, open_low=True)] = 5e-4
+    weight_decay: Annotated[float, Range(0)] = 0.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    seed: int = 43
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    seed: Annotated[int, Range(0)] = 43
+    device: Annotated[str, OneOf("auto", "cpu", "cuda")] = "auto"
+    precision: Annotated[str, OneOf("auto", "fp32", "bf16")] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
-    eval_batch_size: int = 8
-    max_steps_per_epoch: int | None = None
+    eval_batch_size: Annotated[int, Range(1)] = 8
+    max_steps_per_epoch: Annotated[int, Range(1)] | None = None
     mixup: bool | None = None  # log-mel mixup; None = the task's release default
-    mixup_alpha: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+    mixup_alpha: Annotated[float, Range(0, open_low=True)] = 0.5
+    # Stop after this many epochs without a better selection metric (None: run every epoch).
+    early_stop: Annotated[int, Range(1)] | None = None
+    init_from: InitFrom | None = None
+    param_groups: list[ParamGroup] = field(default_factory=list)
 
 
 @dataclass
@@ -86,121 +122,53 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    loss: dict[str, Any] = field(default_factory=dict)
+    loss: Any = None  # typed by the task's loss config
     name: str = ""
     source: str = ""  # where the recipe was read from (informational)
 
 
-# -- generic dataclass validation ------------------------------------------------------------------
+# -- where recipes are ---------------------------------------------------------------------------
 
 
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, where)
-            except RecipeError as exc:
-                errors.append(str(exc))
-        raise RecipeError(errors[0] if errors else f"{where}: {key}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: {key}: expected a mapping, got {value!r}")
-        return build_dataclass(tp, value, key, where)
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise RecipeError(f"{where}: {key}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return [_coerce(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: {key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise RecipeError(f"{where}: {key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise RecipeError(f"{where}: {key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "5e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise RecipeError(f"{where}: {key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise RecipeError(f"{where}: {key}: expected a string, got {value!r}")
-    return value
-
-
-def build_dataclass(cls: type, values: dict[str, Any] | None, prefix: str = "", where: str = "recipe") -> Any:
-    """Build ``cls`` from a mapping, rejecting unknown keys (with a suggestion) and wrong types."""
-    values = values or {}
-    if not isinstance(values, dict):
-        raise RecipeError(f"{where}: {prefix or 'recipe'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?)" if close else ""
-            valid = ", ".join(names)
-            raise RecipeError(f"{where}: unknown key '{full}'{hint}; valid keys here: {valid}")
-        kwargs[key] = _coerce(value, hints[key], full, where)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{where}: {prefix or 'recipe'}: {exc}") from exc
-
-
-def to_dict(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-# -- recipes -----------------------------------------------------------------------------------
+def builtin_recipe_dir() -> Path:
+    """The recipes shipped inside the package."""
+    return Path(str(resources.files("dgsct_cli") / "recipes"))
 
 
 def recipe_files() -> list[Path]:
-    """The ``*.yaml`` recipes in ``./recipes`` and in the repository's ``recipes/``."""
-    return [*Path("recipes").glob("*.yaml"), *REPO_RECIPES.glob("*.yaml")]
+    """The built-in recipes and those in ``./recipes`` (each file once, built-ins first)."""
+    seen: set[Path] = set()
+    out = []
+    for folder in (builtin_recipe_dir(), Path("recipes")):
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            real = path.resolve()
+            if real not in seen:
+                seen.add(real)
+                out.append(path)
+    return out
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """A path, or a bare name looked up as ``recipes/<name>.yaml`` here or in the repository."""
+    """A path to a file, or a recipe name (``ave``, ``ave.yaml``) looked up in ``./recipes`` and
+    among the built-in recipes."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    candidates = [Path("recipes") / f"{name_or_path}.yaml", REPO_RECIPES / f"{name_or_path}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
+    if p.is_dir():
+        raise RecipeError(f"{name_or_path}: is a folder, not a recipe file")
+    stem = p.name[: -len(".yaml")] if p.name.endswith((".yaml", ".yml")) else p.name
+    if p.parent == Path("."):
+        for folder in (Path("recipes"), builtin_recipe_dir()):
+            for candidate in (folder / f"{stem}.yaml", folder / f"{stem}.yml"):
+                if candidate.is_file():
+                    return candidate
     known = sorted({x.stem for x in recipe_files()})
-    raise RecipeError(f"{name_or_path}: recipe not found; known recipes: {', '.join(known) or 'none'}")
+    close = difflib.get_close_matches(stem, known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise RecipeError(f"{name_or_path}: recipe not found{hint}; known recipes: {', '.join(known) or 'none'}")
+
+
+# -- reading -------------------------------------------------------------------------------------
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -208,12 +176,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"override {text!r}: expected key.path=value")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if not key:
+    if not key or any(not part for part in key.split(".")):
         raise RecipeError(f"override {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"override {text!r}: cannot parse value ({exc})") from exc
+        raise RecipeError(f"override {text!r}: cannot parse value ({_one_line(exc)})") from None
     return key.split("."), value
 
 
@@ -232,7 +200,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Resolve a recipe mapping into a typed :class:`Recipe` (every section typed and checked)."""
     from .tasks.base import get_task
 
     if not isinstance(raw, dict):
@@ -241,28 +214,48 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     try:
         task = get_task(recipe.task)
     except ValueError as exc:
-        raise RecipeError(f"{where}: task: {exc}") from exc
-    # The task owns the schema of model.head and loss: validate them now, not at build time.
-    build_dataclass(task.head_config, recipe.model.head, "model.head", where)
-    build_dataclass(task.loss_config, recipe.loss, "loss", where)
+        raise RecipeError(f"{where}: task: {exc}") from None
+    try:
+        resolve_family_sections(recipe.model, where)
+    except RecipeError:
+        raise
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    head = recipe.model.head
+    if not isinstance(head, task.head_config):
+        recipe.model.head = build_dataclass(task.head_config, head, "model.head", where)
+    if not isinstance(recipe.loss, task.loss_config):
+        recipe.loss = build_dataclass(task.loss_config, recipe.loss, "loss", where)
     return recipe
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({_one_line(exc)})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    return raw
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     path = find_recipe(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml(path)
     where = str(path)
     if overrides:
         raw = apply_overrides(raw, overrides)
         where = f"{path} (with overrides {' '.join(overrides)})"
     recipe = recipe_from_dict(raw, where)
     recipe.name = recipe.name or path.stem
-    recipe.source = str(path)
+    recipe.source = os.fspath(path)
     return recipe
 
 

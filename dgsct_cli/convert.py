@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from timm.models.swin_transformer_v2 import checkpoint_filter_fn
 
+from .config import Recipe, load_recipe
 from .models.dgsct import DGSCTModel, ModelConfig
-from .models.encoders.audio import HTSAT_UNUSED_KEYS, htsat_key_map
+from .models.encoders.htsat import HTSAT_UNUSED_KEYS, htsat_key_map, htsat_unused_keys
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file, unwrap_state_dict
 
 # Release keys every task's checkpoint carries but no task runs.
@@ -44,21 +45,37 @@ def _strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def detect_release_task(state: dict[str, Any]) -> str | None:
     """The task whose release checkpoint this is (by a key only that task has), or None."""
-    from .tasks.base import TASKS, available_tasks
+    from .tasks.base import available_tasks, get_task
 
-    available_tasks()
     keys = set(_strip_data_parallel(state))
-    for name, task in TASKS.items():
-        if task.release_marker and task.release_marker in keys:
+    for name in available_tasks():
+        task = get_task(name)
+        if task.release is not None and task.release.marker in keys:
             return name
     return None
+
+
+def release_recipe(task: str, recipe: Recipe | None = None) -> Recipe:
+    """The recipe a release checkpoint of ``task`` is read with: ``recipe`` when it is for that
+    task, else the task's built-in recipe (release settings)."""
+    from .tasks.base import get_task
+
+    if recipe is not None and recipe.task == task:
+        return recipe
+    spec = get_task(task)
+    return load_recipe(spec.recipe) if spec.recipe else Recipe(task=task)
 
 
 def map_release_state_dict(
     state: dict[str, torch.Tensor], model: DGSCTModel, unused: dict[str, str]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Release keys -> our keys. Returns (mapped state, release keys dropped as unused)."""
-    patterns = {**COMMON_UNUSED_RELEASE_KEYS, **unused}
+    audio_unused = htsat_unused_keys(model.encoder.audio.cfg)
+    patterns = {
+        **{k: v for k, v in COMMON_UNUSED_RELEASE_KEYS.items() if not k.startswith("^htsat\\.")},
+        **{"^htsat\\." + p.lstrip("^"): reason for p, reason in audio_unused.items()},
+        **unused,
+    }
     dropped, swin, out = [], {}, {}
     for key, value in state.items():
         if any(re.search(p, key) for p in patterns):
@@ -67,7 +84,7 @@ def map_release_state_dict(
         if key.startswith("swin."):
             swin[key[len("swin.") :]] = value
         elif key.startswith("htsat."):
-            new = htsat_key_map(key[len("htsat.") :])
+            new = htsat_key_map(key[len("htsat.") :], audio_unused)
             if new is not None:
                 out[f"encoder.audio.{new}"] = value
         elif key.startswith(ADAPTER_PREFIXES):
@@ -112,17 +129,21 @@ def load_official_checkpoint(
     ``source`` is a path to the release file (read with ``weights_only=True``) or an
     already-loaded state dict in the release layout.
     """
-    from .models.factory import create_model
+    from .factory import create_model
     from .tasks.base import get_task
 
     spec = get_task(task)
+    if spec.release is None:
+        raise CheckpointError(f"task {task!r} has no release checkpoint layout")
     name = str(source) if not isinstance(source, dict) else "release state dict"
     state = load_state_dict_file(source) if not isinstance(source, dict) else unwrap_state_dict(source, name)
     state = _strip_data_parallel(state)
+    if spec.release.rename is not None:
+        state = {spec.release.rename(k): v for k, v in state.items()}
     found = detect_release_task(state)
     if found is None:
         raise CheckpointError(
-            f"{name}: not a DG-SCT release checkpoint (no '{spec.release_marker}' key); "
+            f"{name}: not a DG-SCT release checkpoint (no '{spec.release.marker}' key); "
             f"expected a {task.upper()} release state dict"
         )
     if found != task:
@@ -130,6 +151,8 @@ def load_official_checkpoint(
         raise CheckpointError(
             f"{name}: this is {article} {found.upper()} release checkpoint, expected {task.upper()}"
         )
+    if model_cfg is None:
+        model_cfg = release_recipe(task).model
     model = create_model(task, model_cfg, load_encoder_weights=False)
-    load_release_state_dict(model, state, name, spec.unused_release_keys)
+    load_release_state_dict(model, state, name, spec.release.unused_keys)
     return model.eval()

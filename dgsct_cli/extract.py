@@ -10,8 +10,9 @@ import torch
 from rich.console import Console
 
 from .atomic import atomic_output
-from .evaluate import autocast_for, make_loader, progress_bar, to_device
+from .data.datasets import make_loader
 from .models.dgsct import DGSCTModel
+from .runtime import autocast_for, progress_bar, to_device
 from .tasks.base import Task
 
 
@@ -44,8 +45,8 @@ def extract_features(
             batch = to_device(batch, device)
             with autocast_for(device, precision):
                 feats = model.encode(batch["frames"], batch["audio"], use_adapters=use_adapters)
-            visual.append(feats["visual"].float().cpu())
-            audio.append(feats["audio"].float().cpu())
+            visual.append(feats.visual.float().cpu())
+            audio.append(feats.audio.float().cpu())
             labels.append(task.segment_labels(batch).cpu())
             bar.advance(job)
     return {
@@ -55,6 +56,8 @@ def extract_features(
         "sample_ids": np.array(dataset.sample_ids),
         "class_names": np.array(dataset.class_names),
         "background_index": np.array(-1 if dataset.background_index is None else dataset.background_index),
+        # Names of the values in segment_labels (classes, background, answers...: the task's).
+        "label_names": np.array(task.label_names(dataset)),
         "use_adapters": np.array(use_adapters),
         "task": np.array(task.name),
         "split": np.array(dataset.split),

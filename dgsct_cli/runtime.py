@@ -1,10 +1,62 @@
-"""Process-level settings that matter for big CPU models."""
+"""Where and how the loops run: device, precision (autocast), batches on the device, progress
+bars, and the process-level settings that matter for big CPU models."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> bf16 on GPU, fp32 elsewhere; an explicit choice is kept."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on GPU (the default there), plain fp32 elsewhere unless asked."""
+    if resolve_precision(device, precision) != "bf16":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def progress_bar(console: Console | None, disable: bool = False) -> Progress:
+    """The bar of the training, evaluation and extraction loops (cleared when done; none when the
+    output is not a terminal, where a bar would only add lines to a log)."""
+    if console is not None and not console.is_terminal:
+        disable = True
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=disable,
+        transient=True,
+    )
+
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

@@ -1,16 +1,26 @@
-"""The one training loop: any task; accumulation, bf16 autocast, DDP under torchrun, atomic
-checkpoints, exact resume (also from Ctrl-C part-way through an epoch)."""
+"""The one training loop: any task; accumulation, bf16 autocast, DDP under torchrun, per-module
+learning rates, schedules, early stop, ``init_from``, and exact resume.
+
+What survives what: every finished epoch and every Ctrl-C commits a state (weights file, then the
+state file naming it); a resumed run continues bit for bit. Ctrl-C lets the running micro-batch
+finish (its random draws and BatchNorm updates are then part of the saved state); during
+validation it stops at once and the resumed run validates that epoch again. A second Ctrl-C stops
+at once with the last committed state. ``kill -9`` loses the work since the last commit.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import json
 import math
+import os
 import random
+import signal
 import time
 import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +30,25 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist_utils
-from .atomic import atomic_output, atomic_write_bytes, atomic_write_json
-from .checkpoint import save_checkpoint
-from .config import Recipe, build_dataclass, recipe_to_yaml
-from .data.cache import PreparedCache, SegmentDataset
-from .evaluate import autocast_for, evaluate, make_loader, progress_bar, resolve_device, to_device
-from .models.factory import create_model
-from .runtime import configure_runtime
+from .atomic import atomic_write_bytes, atomic_write_json
+from .checkpoint import read_checkpoint_tensors, save_checkpoint
+from .config import Recipe, recipe_to_yaml
+from .data.datasets import make_loader
+from .evaluate import EvaluationInterrupted, evaluate
+from .factory import build_model, data_info, ensure_data, open_split
+from .runs import STATE_DIR, STATE_FILE, link_or_copy, lock_run_folder, remove_stale_files, write_run_record
+from .runtime import autocast_for, configure_runtime, progress_bar, resolve_device, to_device
 from .tasks.base import get_task
 
-STATE_FILE = "trainer_state.pt"
+__all__ = ["STATE_FILE", "Progression", "TrainingInterrupted", "Trainer", "make_optimizer", "training_loss"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; a resumable state was committed (``message`` says where)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def seed_everything(seed: int) -> None:
@@ -38,10 +57,85 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
-    """The release's Adam; the fused kernel (one pass, no per-tensor temporaries) where it exists."""
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global generator state as tensors and numbers (loadable with ``weights_only``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
+
+
+def _set_numpy_rng_state(s: dict[str, Any]) -> None:
+    keys = s["keys"].numpy().astype(np.uint32)
+    np.random.set_state((s["name"], keys, s["pos"], s["has_gauss"], s["gauss"]))
+
+
+def _worker_init(_: int) -> None:
+    # Ctrl-C is the main process's to handle (it finishes the batch and saves); workers ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def parameter_groups(model: torch.nn.Module, cfg) -> list[dict[str, Any]]:
+    """Trainable parameters split by ``train.param_groups`` (first matching glob wins; the rest
+    use ``train.lr`` / ``train.weight_decay``). Every group must match something."""
+    groups: list[dict[str, Any]] = [{"params": [], "names": []} for _ in cfg.param_groups]
+    default: dict[str, Any] = {"params": [], "names": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        i = next((i for i, g in enumerate(cfg.param_groups) if fnmatch.fnmatchcase(name, g.match)), None)
+        target = default if i is None else groups[i]
+        target["params"].append(p)
+        target["names"].append(name)
+    out = []
+    for g, spec in zip(groups, cfg.param_groups):
+        if not g["params"]:
+            raise ValueError(f"train.param_groups: '{spec.match}' matches no trainable parameter")
+        g["lr"] = spec.lr if spec.lr is not None else cfg.lr
+        g["weight_decay"] = spec.weight_decay if spec.weight_decay is not None else cfg.weight_decay
+        out.append(g)
+    if default["params"]:
+        out.append({**default, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    return out
+
+
+def make_optimizer(model_or_params, cfg) -> torch.optim.Optimizer:
+    """The release's Adam over the parameter groups; the fused kernel where it exists."""
+    if isinstance(model_or_params, torch.nn.Module):
+        groups = parameter_groups(model_or_params, cfg)
+    else:
+        groups = [{"params": list(model_or_params), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    params = [p for g in groups for p in g["params"]]
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(
+        [{k: v for k, v in g.items() if k != "names"} for g in groups], lr=cfg.lr, fused=fused
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's schedule, stepped once per epoch."""
+    s = cfg.scheduler
+    if s.type == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.type == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=s.milestones, gamma=s.gamma)
+    if s.type == "cosine":
+        warm, total = s.warmup_epochs, cfg.epochs
+
+        def factor(epoch: int, base: float) -> float:
+            if epoch < warm:
+                return (epoch + 1) / (warm + 1)
+            t = (epoch - warm) / max(total - warm, 1)
+            floor = s.min_lr / base
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        bases = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda e, b=b: factor(e, b) for b in bases])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 def mixup_distribution(task, cfg) -> torch.distributions.Beta | None:
@@ -59,80 +153,69 @@ def training_loss(
     device: torch.device,
     precision: str,
     mixup: torch.distributions.Distribution | None = None,
+    after_forward=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training forward: log-mel mixup (one lambda per segment) when given, autocast, fp32 loss."""
     batch_size, num_segments = batch["frames"].shape[:2]
     mix = mixup.sample((batch_size * num_segments,)).to(device) if mixup is not None else None
     with autocast_for(device, precision):
-        out = net(**task.model_inputs(batch), mix_lambda=mix)
+        out = task.forward(net, batch, mix_lambda=mix)
+    if after_forward is not None:
+        after_forward()
     out = {k: v.float() for k, v in out.items()}
     return task.loss(out, batch, loss_cfg), out
 
 
 @dataclass
 class Progression:
-    epoch: int = 0  # epochs fully done
+    epoch: int = 0  # epochs whose training is done
     batch_in_epoch: int = 0  # micro-batches done in the current epoch
     global_step: int = 0  # optimiser steps
     best_metric: float | None = None
     best_epoch: int | None = None
+    epochs_since_best: int = 0
+    # The last finished epoch still has to be validated (Ctrl-C or a kill during validation).
+    pending_validation: bool = False
+    commits: int = 0  # states committed (names the weights file)
     # Running totals of the current epoch, so a mid-epoch resume logs the whole epoch.
     epoch_loss_sum: float = 0.0
     epoch_correct: float = 0.0
     epoch_counted: float = 0.0
     epoch_seen: float = 0.0
     epoch_seconds: float = 0.0
+    last_epoch_stats: dict | None = None  # training stats of the epoch awaiting validation
 
 
-def open_dataset(recipe: Recipe, data_dir: str | Path, split: str) -> SegmentDataset:
-    cache = PreparedCache(data_dir)
-    head = build_dataclass(get_task(recipe.task).head_config, recipe.model.head, "model.head")
-    if len(cache.class_names) != head.num_classes:
-        raise ValueError(
-            f"{data_dir}: the dataset has {len(cache.class_names)} classes but the recipe's "
-            f"model.head.num_classes is {head.num_classes}"
-        )
-    image_size = recipe.model.visual.img_size
-    return SegmentDataset(
-        cache,
-        split,
-        image_size=image_size,
-        segment_tiling=recipe.data.segment_tiling,
-        sample_rate=recipe.model.audio.sample_rate,
-    )
+class _StopFlag:
+    """SIGINT sets a flag the loop reads at batch boundaries; a second SIGINT interrupts at once."""
 
+    def __init__(self) -> None:
+        self.requested = False
 
-def ensure_data(
-    recipe: Recipe, data_dir: str | Path, console: Console | None = None, show_progress: bool = True
-) -> Path:
-    """The prepared cache; tiny recipes write and prepare a synthetic dataset when it is absent."""
-    data_dir = Path(data_dir)
-    if (data_dir / "manifest.json").is_file():
-        return data_dir
-    if not recipe.data.synthetic_if_missing:
-        raise ValueError(
-            f"{data_dir}: no prepared dataset here (manifest.json missing); run 'dgsct prepare {recipe.task} --out {data_dir}' first"
-        )
-    from .data.registry import prepare_synthetic
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
-    if console is not None and show_progress:
-        console.print(
-            f"[cyan]{data_dir} does not exist: writing and preparing a synthetic {recipe.task.upper()} dataset there"
-        )
-    head = build_dataclass(get_task(recipe.task).head_config, recipe.model.head, "model.head")
-    prepare_synthetic(
-        recipe.task,
-        data_dir,
-        videos=recipe.data.synthetic_videos,
-        image_size=recipe.model.visual.img_size,
-        num_classes=head.num_classes,
-        progress=show_progress,
-        console=console,
-    )
-    return data_dir
+    @contextmanager
+    def installed(self):
+        try:
+            previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: no handler, Ctrl-C acts as usual
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 class Trainer:
+    """Trains ``recipe`` on the prepared data ``data_dir`` into the run folder ``output_dir``.
+
+    ``run_record`` is stored in ``run.json`` (how the run was started; ``--resume`` reads it).
+    The ``test_*`` arguments simulate interruptions deterministically (tests only)."""
+
     def __init__(
         self,
         recipe: Recipe,
@@ -140,37 +223,47 @@ class Trainer:
         output_dir: str | Path,
         console: Console | None = None,
         show_progress: bool = True,
-        interrupt_after_batches: int | None = None,  # test hook: simulate Ctrl-C
+        interrupt_after_batches: int | None = None,
+        run_record: dict[str, Any] | None = None,
+        synthetic: bool = False,
+        test_sigint_at_batch: int | None = None,
+        test_sigint_in_validation: int | None = None,
+        test_kill_before_commit: int | None = None,
     ) -> None:
         self.recipe = recipe
         self.task = get_task(recipe.task)
-        self.loss_cfg = build_dataclass(self.task.loss_config, recipe.loss, "loss")
+        self.loss_cfg = recipe.loss
         self.data_dir = Path(data_dir)
         self.out = Path(output_dir)
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.interrupt_after_batches = interrupt_after_batches
+        self.run_record = run_record or {}
+        self.synthetic = synthetic
+        self.test_sigint_at_batch = test_sigint_at_batch
+        self.test_sigint_in_validation = test_sigint_in_validation
+        self.test_kill_before_commit = test_kill_before_commit
         self.device = dist_utils.setup(resolve_device(recipe.train.device).type)
         self.is_main = dist_utils.is_main()
+        self.stop = _StopFlag()
+        self._batches_run = 0
 
     # -- set-up --------------------------------------------------------------------------------
     def _build(self) -> None:
         r = self.recipe
         seed_everything(r.train.seed)
-        self.train_set = open_dataset(r, self.data_dir, r.data.train_split)
-        self.val_set = open_dataset(r, self.data_dir, r.data.val_split)
+        info = data_info(r, self.data_dir)
+        # The run's recipe holds what the data decided (e.g. the class count), so its checkpoints
+        # rebuild the same model without the data.
+        r.model.head = self.task.resolve_head(r.model.head, info)
+        self.train_set = open_split(r, self.data_dir, r.data.train_split)
+        self.val_set = open_split(r, self.data_dir, r.data.val_split)
         if len(self.train_set) == 0:
             raise ValueError(f"{self.data_dir}: split '{r.data.train_split}' is empty")
-        self.model = create_model(r.task, r.model).to(self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.params, r.train)
+        self.model = build_model(r, info).to(self.device)
+        self.optimizer = make_optimizer(self.model, r.train)
         configure_runtime(self.model, self.device)
-        if r.train.scheduler.type == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(
-                self.optimizer, step_size=r.train.scheduler.step_size, gamma=r.train.scheduler.gamma
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.scheduler = make_scheduler(self.optimizer, r.train)
         self.sampler = dist_utils.ResumableSampler(
             len(self.train_set), r.train.seed, True, dist_utils.world_size(), dist_utils.rank()
         )
@@ -186,13 +279,60 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.mixup = mixup_distribution(self.task, r.train)
 
-    def _save_state(self, prog: Progression, grads: bool) -> None:
+    def _init_from(self) -> None:
+        """``train.init_from``: copy the named modules from another checkpoint, strictly."""
+        spec = self.recipe.train.init_from
+        if spec is None or not spec.modules:
+            return
+        from .checkpoint import is_dgsct_checkpoint, load_any_checkpoint, resolve_run_checkpoint
+
+        path = resolve_run_checkpoint(spec.checkpoint)
+        if is_dgsct_checkpoint(path):
+            source = read_checkpoint_tensors(path)
+        else:
+            source = load_any_checkpoint(path)[0].state_dict()
+        own = self.model.state_dict()
+        copied: list[str] = []
+        for prefix in spec.modules:
+            names = [k for k in own if k == prefix or k.startswith(prefix + ".")]
+            if not names:
+                raise ValueError(f"train.init_from.modules: '{prefix}' names no tensor of this model")
+            missing = [k for k in names if k not in source]
+            if missing:
+                raise ValueError(f"train.init_from: {path} has no {missing[0]} (module '{prefix}')")
+            wrong = [k for k in names if tuple(source[k].shape) != tuple(own[k].shape)]
+            if wrong:
+                raise ValueError(
+                    f"train.init_from: {path}: {wrong[0]} has shape {tuple(source[wrong[0]].shape)}, "
+                    f"this model {tuple(own[wrong[0]].shape)}"
+                )
+            with torch.no_grad():
+                for k in names:
+                    own[k].copy_(source[k].to(own[k].device))
+            copied.extend(names)
+        self.init_copied = copied
+        if self.is_main:
+            atomic_write_json(self.out / "init_from.json", {"checkpoint": str(path), "copied": copied})
+            self.console.print(f"init_from {path}: copied {len(copied)} tensors of {', '.join(spec.modules)}")
+
+    # -- state ---------------------------------------------------------------------------------
+    def _commit(self, prog: Progression, grads: bool) -> None:
+        """Write the weights under a new name, then the state naming them (the commit point)."""
+        prog.commits += 1
+        weights_name = f"weights-{prog.commits:06d}.safetensors"
+        weights = self.out / STATE_DIR / weights_name
+        save_checkpoint(self.model, self.recipe, weights, full=False, extra={"commit": str(prog.commits)})
+        if self.test_kill_before_commit is not None and prog.commits == self.test_kill_before_commit:
+            raise SystemExit("test: killed between the weights write and the state commit")
         state = {
+            "weights": weights_name,
+            "commit": prog.commits,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "progress": prog.__dict__,
+            "progress": asdict(prog),
             "rng_torch": torch.get_rng_state(),
             "rng_python": random.getstate(),
+            "rng_numpy": _numpy_rng_state(),
             # Gradients accumulated since the last optimiser step (Ctrl-C between micro-batches).
             "grads": {
                 n: p.grad.detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None
@@ -202,69 +342,119 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        with atomic_output(self.out / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.out / STATE_FILE, buffer.getvalue())
+        link_or_copy(weights, self.out / "last.safetensors")
+        remove_stale_files(self.out, keep_weights=weights_name)
 
     def _load_state(self) -> Progression:
-        from safetensors.torch import load_file
-
-        last = self.out / "last.safetensors"
         state_file = self.out / STATE_FILE
-        if not last.is_file() or not state_file.is_file():
-            raise ValueError(f"{self.out}: nothing to resume (no last.safetensors / {STATE_FILE})")
-        self.model.load_state_dict(load_file(str(last), device=str(self.device)), strict=False)
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if not state_file.is_file():
+            raise ValueError(f"{self.out}: nothing to resume ({STATE_FILE} missing)")
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+            progress = state["progress"]
+            weights_name = state["weights"]
+        except Exception as exc:
+            raise ValueError(
+                f"{state_file}: damaged trainer state ({type(exc).__name__}); cannot resume"
+            ) from None
+        weights = self.out / STATE_DIR / weights_name
+        if not weights.is_file():
+            raise ValueError(
+                f"{state_file}: names {STATE_DIR}/{weights_name}, which is missing; cannot resume"
+            )
+        tensors = read_checkpoint_tensors(weights, device=str(self.device))
+        from .checkpoint import read_metadata
+
+        if read_metadata(weights).get("commit") != str(state["commit"]):
+            raise ValueError(f"{weights}: belongs to another state than {state_file}; cannot resume")
+        self.model.load_state_dict(tensors, strict=False)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{state_file}: does not fit this run's model ({exc}); cannot resume") from None
         torch.set_rng_state(state["rng_torch"])
         random.setstate(state["rng_python"])
+        if "rng_numpy" in state:
+            _set_numpy_rng_state(state["rng_numpy"])
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         params = dict(self.model.named_parameters())
         for name, grad in state["grads"].items():
             params[name].grad = grad.to(self.device)
-        return Progression(**state["progress"])
+        remove_stale_files(self.out, keep_weights=weights_name)
+        link_or_copy(weights, self.out / "last.safetensors")  # last may lag behind a late kill
+        return Progression(**progress)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        r = self.recipe
+        if resume and not (self.out / STATE_FILE).is_file():
+            raise ValueError(
+                f"{self.out}: nothing to resume (no {STATE_FILE}); start the run without --resume"
+            )
+        lock = nullcontext()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            lock = lock_run_folder(self.out)
+        with lock:
+            return self._run_locked(resume)
+
+    def _run_locked(self, resume: bool) -> dict[str, Any]:
+        r = self.recipe
+        if self.is_main:
             # Only one process may write a missing synthetic dataset; the others wait for it.
-            ensure_data(r, self.data_dir, self.console, self.show_progress)
+            ensure_data(r, self.data_dir, self.console, self.show_progress, synthetic=self.synthetic)
         dist_utils.barrier()
         self._build()
-        prog = self._load_state() if resume else Progression()
+        if resume:
+            prog = self._load_state()
+        else:
+            prog = Progression()
+            self._init_from()
         if self.is_main:
             atomic_write_bytes(self.out / "recipe.yaml", recipe_to_yaml(r).encode())
+            write_run_record(self.out, {**self.run_record, "data": str(self.data_dir.resolve())})
             if not resume:
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+                for name in ("metrics.jsonl", "best.safetensors", "best.json", "last.json"):
+                    (self.out / name).unlink(missing_ok=True)
         batches_per_epoch = math.ceil(self.sampler.per_rank / r.train.batch_size)
         if r.train.max_steps_per_epoch:
             batches_per_epoch = min(batches_per_epoch, r.train.max_steps_per_epoch * r.train.grad_accum)
         last_val: dict[str, Any] = {}
+        stopped_early = False
         try:
-            while prog.epoch < r.train.epochs:
-                epoch_stats = self._train_epoch(prog, batches_per_epoch)
-                with warnings.catch_warnings():
-                    # A run resumed right after an epoch's last batch steps the schedule before any
-                    # optimiser step of this process; the order is right across the two processes.
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                    self.scheduler.step()
-                prog.epoch += 1
-                prog.batch_in_epoch = 0
-                prog.epoch_loss_sum = prog.epoch_correct = prog.epoch_counted = prog.epoch_seen = 0.0
-                prog.epoch_seconds = 0.0
-                last_val = self._end_of_epoch(prog, epoch_stats)
-        except KeyboardInterrupt:
-            if self.is_main:
-                self._save_model("last.safetensors", {"interrupted_at": prog.__dict__})
-                self._save_state(prog, grads=True)
-                self.console.print(
-                    f"[yellow]interrupted at epoch {prog.epoch + 1}, batch {prog.batch_in_epoch}: "
-                    f"state saved; continue with 'dgsct train --output {self.out} --resume'"
-                )
-            raise
+            with self.stop.installed():
+                if prog.pending_validation:
+                    last_val = self._validate_and_record(prog)
+                while prog.epoch < r.train.epochs and not stopped_early:
+                    stats = self._train_epoch(prog, batches_per_epoch)
+                    with warnings.catch_warnings():
+                        # A run resumed right after an epoch's last batch steps the schedule before
+                        # any optimiser step of this process; the order is right across the two.
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                        self.scheduler.step()
+                    prog.epoch += 1
+                    prog.batch_in_epoch = 0
+                    prog.epoch_loss_sum = prog.epoch_correct = prog.epoch_counted = prog.epoch_seen = 0.0
+                    prog.epoch_seconds = 0.0
+                    prog.last_epoch_stats = stats
+                    prog.pending_validation = True
+                    if self.is_main:
+                        self._commit(prog, grads=False)
+                    last_val = self._validate_and_record(prog)
+                    patience = r.train.early_stop
+                    if patience is not None and prog.epochs_since_best >= patience:
+                        stopped_early = True
+                        if self.is_main:
+                            self.console.print(
+                                f"early stop: no better {self.task.selection_metric} for {patience} epochs "
+                                f"(best {prog.best_metric} at epoch {prog.best_epoch})"
+                            )
         finally:
             # Free the DDP wrapper while the default process group still holds its reference:
             # if the Reducer dropped the group's last reference it would join gloo's worker
@@ -278,7 +468,22 @@ class Trainer:
             "best_metric": prog.best_metric,
             "best_epoch": prog.best_epoch,
             "last_val": last_val,
+            "stopped_early": stopped_early,
         }
+
+    def _stop_requested(self) -> bool:
+        flag = self.stop.requested
+        if dist_utils.world_size() > 1:
+            flag = bool(dist_utils.all_reduce_sum([float(flag)], self.device)[0])
+        return flag
+
+    def _interrupt(self, prog: Progression, message: str) -> None:
+        if self.is_main:
+            self._commit(prog, grads=True)
+            self.console.print(
+                f"[yellow]{message}: state saved; continue with 'dgsct train --output {self.out} --resume'"
+            )
+        raise TrainingInterrupted(message)
 
     def _train_epoch(self, prog: Progression, batches_per_epoch: int) -> dict[str, float]:
         r = self.recipe
@@ -291,6 +496,7 @@ class Trainer:
             self.device,
             sampler=self.sampler,
             generator=torch.Generator().manual_seed(r.train.seed + prog.epoch),
+            worker_init_fn=_worker_init,
         )
         self.model.train()
         start = time.perf_counter() - prog.epoch_seconds
@@ -305,7 +511,7 @@ class Trainer:
                     break
                 batch = to_device(batch, self.device)
                 last_of_step = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
-                loss, out = self._forward_backward(batch, sync=last_of_step, accum=accum)
+                loss, out = self._forward_backward(batch, sync=last_of_step, accum=accum, step=last_of_step)
                 if last_of_step:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -330,7 +536,11 @@ class Trainer:
                     self.interrupt_after_batches -= 1
                     if self.interrupt_after_batches <= 0:
                         self.interrupt_after_batches = None
-                        raise KeyboardInterrupt
+                        self.stop.requested = True
+                if prog.batch_in_epoch < batches_per_epoch and self._stop_requested():
+                    self._interrupt(
+                        prog, f"interrupted in epoch {prog.epoch + 1} after batch {prog.batch_in_epoch}"
+                    )
         elapsed = time.perf_counter() - start
         loss_sum, correct, counted, seen = dist_utils.all_reduce_sum(
             [prog.epoch_loss_sum, prog.epoch_correct, prog.epoch_counted, prog.epoch_seen], self.device
@@ -342,8 +552,29 @@ class Trainer:
             "seconds": elapsed,
         }
 
-    def _forward_backward(self, batch: dict[str, Any], sync: bool, accum: int) -> tuple[float, dict]:
+    def _forward_backward(
+        self, batch: dict[str, Any], sync: bool, accum: int, step: bool
+    ) -> tuple[float, dict]:
         no_sync = getattr(self.net, "no_sync", None)
+        after_forward = None
+        if self.test_sigint_at_batch is not None and self._batches_run == self.test_sigint_at_batch:
+            after_forward = lambda: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+        self._batches_run += 1
+        if self.recipe.train.accumulation == "release":
+            if not step:  # its gradient would be cleared before the step: forward only
+                with torch.no_grad():
+                    loss, out = training_loss(
+                        self.net,
+                        self.task,
+                        self.loss_cfg,
+                        batch,
+                        self.device,
+                        self.recipe.train.precision,
+                        self.mixup,
+                        after_forward=after_forward,
+                    )
+                return float(loss.detach()), out
+            accum = 1  # the stepping batch's own gradient, undivided
         with no_sync() if (no_sync is not None and not sync) else nullcontext():
             loss, out = training_loss(
                 self.net,
@@ -353,6 +584,7 @@ class Trainer:
                 self.device,
                 self.recipe.train.precision,
                 self.mixup,
+                after_forward=after_forward,
             )
             (loss / accum).backward()
         return float(loss.detach()), out
@@ -360,23 +592,42 @@ class Trainer:
     def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
         save_checkpoint(self.model, self.recipe, self.out / name, full=False, metrics=metrics)
 
-    def _end_of_epoch(self, prog: Progression, stats: dict[str, float]) -> dict[str, Any]:
+    def _validate_and_record(self, prog: Progression) -> dict[str, Any]:
+        """Validate the epoch just trained, log it, keep best/last, and commit the state."""
         r = self.recipe
         val: dict[str, Any] = {}
+        stats = prog.last_epoch_stats or {}
+        improved = False
         if self.is_main:
             if len(self.val_set):
-                val = evaluate(
-                    self.model,
-                    self.val_set,
-                    self.task,
-                    self.device,
-                    r.train.eval_batch_size,
-                    r.data.num_workers,
-                    r.train.precision,
-                    self.console,
-                    self.show_progress,
-                    description=f"val {prog.epoch}",
-                )
+                calls = {"n": 0}
+
+                def should_stop() -> bool:
+                    calls["n"] += 1
+                    if self.test_sigint_in_validation == prog.epoch and calls["n"] == 1:
+                        os.kill(os.getpid(), signal.SIGINT)
+                    return self.stop.requested
+
+                try:
+                    val = evaluate(
+                        self.model,
+                        self.val_set,
+                        self.task,
+                        self.device,
+                        r.train.eval_batch_size,
+                        r.data.num_workers,
+                        r.train.precision,
+                        self.console,
+                        self.show_progress,
+                        description=f"val {prog.epoch}",
+                        should_stop=should_stop,
+                    )
+                except EvaluationInterrupted:
+                    self.console.print(
+                        f"[yellow]interrupted while validating epoch {prog.epoch}: its training is saved and "
+                        f"the resumed run validates it; continue with 'dgsct train --output {self.out} --resume'"
+                    )
+                    raise TrainingInterrupted(f"interrupted while validating epoch {prog.epoch}") from None
             metric = val.get(self.task.selection_metric)
             record = {
                 "epoch": prog.epoch,
@@ -393,22 +644,28 @@ class Trainer:
             if improved:
                 prog.best_metric, prog.best_epoch = metric, prog.epoch
             summary = {**record, "val": val, "best_metric": prog.best_metric, "best_epoch": prog.best_epoch}
-            self._save_model("last.safetensors", summary)
-            atomic_write_json(self.out / "last.json", summary)
             if improved:
                 self._save_model("best.safetensors", summary)
                 atomic_write_json(self.out / "best.json", summary)
-            with open(self.out / "metrics.jsonl", "a") as f:
+            atomic_write_json(self.out / "last.json", summary)
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            self._save_state(prog, grads=False)
             shown = (
                 f"{self.task.selection_metric} {metric:.2f}" if metric is not None else "no validation split"
             )
             self.console.print(
-                f"epoch {prog.epoch}/{r.train.epochs}: train loss {stats['train_loss']:.4f}, "
-                f"acc {stats['train_accuracy']:.1f}%, {stats['samples_per_second']:.1f} samples/s; val {shown}"
+                f"epoch {prog.epoch}/{r.train.epochs}: train loss {stats.get('train_loss', float('nan')):.4f}, "
+                f"acc {stats.get('train_accuracy', float('nan')):.1f}%, "
+                f"{stats.get('samples_per_second', float('nan')):.1f} samples/s; val {shown}"
                 + (" [green](best)" if improved else "")
             )
         dist_utils.barrier()
         prog.best_metric = dist_utils.broadcast_object(prog.best_metric)
+        prog.best_epoch = dist_utils.broadcast_object(prog.best_epoch)
+        improved = dist_utils.broadcast_object(improved)
+        prog.epochs_since_best = 0 if improved else prog.epochs_since_best + 1
+        prog.pending_validation = False
+        prog.last_epoch_stats = None
+        if self.is_main:
+            self._commit(prog, grads=False)
         return val

@@ -35,13 +35,37 @@ def release_state_dict_from_shapes(shapes_file: Path, seed: int = 0) -> dict[str
     return state
 
 
+# ImageNet statistics: the swinv2-htsat family's frame normalisation (datasets take them as arguments).
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def tiny_model_config(task: str = "ave"):
+    """The model section of the task's tiny recipe (typed), with 28 AVE classes."""
+    from dgsct_cli.config import load_recipe
+
+    cfg = load_recipe(f"{task}-tiny").model
+    if task == "ave":
+        cfg.head.num_classes = 28
+    return cfg
+
+
+def synthetic_cache(task: str, out: Path, videos: int = 8, image_size: int = 64) -> Path:
+    """A prepared synthetic dataset of ``task`` at ``out`` (the task's own writer)."""
+    from dgsct_cli.tasks.base import get_task
+
+    get_task(task).write_synthetic(
+        Path(out), videos=videos, image_size=image_size, progress=False, console=None
+    )
+    return Path(out)
+
+
 @pytest.fixture
 def tiny_model():
-    from dgsct_cli.models.factory import create_model, tiny_model_config
+    from dgsct_cli.factory import create_model
 
     def make(task: str = "ave", seed: int = 0, **overrides):
         torch.manual_seed(seed)
-        cfg = tiny_model_config()
+        cfg = tiny_model_config(task)
         for k, v in overrides.items():
             setattr(cfg, k, v)
         return create_model(task, cfg)

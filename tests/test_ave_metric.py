@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dgsct_cli.schema import build_dataclass
 from dgsct_cli.tasks.ave import (
     AVE,
     AVEEvaluator,
@@ -148,7 +151,10 @@ def test_empty_evaluator_and_explicit_background_index():
 
 
 def test_evaluator_is_the_registered_ave_task_metric():
-    assert AVE.make_evaluator is AVEEvaluator and AVE.selection_metric == "accuracy"
+    assert (
+        isinstance(AVE.make_evaluator(SimpleNamespace(class_names=["a"], background_index=1)), AVEEvaluator)
+        and AVE.selection_metric == "accuracy"
+    )
     table = AVE.metrics_table(_evaluate((_outputs([[ON] * 10], [[1.0, 0, 0]]), _batch([[0] * 10]))))
     assert table.row_count == len(CLASSES) + 1
 
@@ -213,5 +219,7 @@ def test_bce_gate_loss_stays_finite_on_saturated_gates():
 
 
 def test_unknown_gate_loss_is_refused():
-    with pytest.raises(ValueError, match="gate_loss must be 'release' or 'bce', got 'mse'"):
-        AVELossConfig(gate_loss="mse")
+    with pytest.raises(
+        ValueError, match=r"loss\.gate_loss: 'mse' is out of range \(allowed: one of 'release', 'bce'\)"
+    ):
+        build_dataclass(AVELossConfig, {"gate_loss": "mse"}, "loss")

@@ -22,7 +22,7 @@ def release_avvp_state():
 def test_release_avvp_state_dict_loads_strictly_and_runs(release_avvp_state):
     assert detect_release_task(release_avvp_state) == "avvp"
     model = load_official_checkpoint("avvp", release_avvp_state)
-    mapped, dropped = map_release_state_dict(release_avvp_state, model, get_task("avvp").unused_release_keys)
+    mapped, dropped = map_release_state_dict(release_avvp_state, model, get_task("avvp").release.unused_keys)
     assert set(mapped) == set(model.state_dict())
     assert torch.equal(
         model.state_dict()["head.av_mcg.grouping.norm_x.weight"],

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import tiny_inputs, tiny_model_config
 
 from dgsct_cli.checkpoint import load_any_checkpoint, load_checkpoint, save_checkpoint
 from dgsct_cli.config import Recipe
-from dgsct_cli.models.factory import tiny_model_config
 from dgsct_cli.models.weights import CheckpointError
 from dgsct_cli.tasks.ave import AVELossConfig, ave_loss
 

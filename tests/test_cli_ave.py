@@ -65,7 +65,7 @@ def ws(tmp_path_factory):
     data, run = root / "C", root / "RUN"
     prepared = ok("prepare", "ave", "--synthetic", "--out", data, "--videos", 12, "--image-size", 64)
     trained = ok("train", "--recipe", "ave-tiny", "--data", data, "--output", run, "train.epochs=1")
-    from dgsct_cli.data.cache import PreparedCache
+    from dgsct_cli.data.manifest import PreparedCache
 
     cache = PreparedCache(data)
     return SimpleNamespace(root=root, data=data, run=run, prepared=prepared, trained=trained, cache=cache)
@@ -73,9 +73,9 @@ def ws(tmp_path_factory):
 
 def _test_split(ws):
     from dgsct_cli.config import load_recipe
-    from dgsct_cli.train import open_dataset
+    from dgsct_cli.factory import open_split
 
-    return open_dataset(load_recipe("ave-tiny"), ws.data, "test")
+    return open_split(load_recipe("ave-tiny"), ws.data, "test")
 
 
 # -- help, info, fast errors --------------------------------------------------------------------------
@@ -86,13 +86,16 @@ def _all_commands() -> list[list[str]]:
     import typer.main
 
     found: list[list[str]] = []
+    root = typer.main.get_command(app)
+    ctx = root.make_context("dgsct", [], resilient_parsing=True)
 
     def walk(cmd, path: list[str]) -> None:
         found.append(path)
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            walk(sub, [*path, name])
+        if hasattr(cmd, "list_commands"):  # lazy groups (prepare) build their commands on demand
+            for name in sorted(cmd.list_commands(ctx)):
+                walk(cmd.get_command(ctx, name), [*path, name])
 
-    walk(typer.main.get_command(app), [])
+    walk(root, [])
     return found
 
 
@@ -135,7 +138,7 @@ def test_python_dash_m_entry_point_runs():
 
 def test_info_prints_parameter_counts():
     from dgsct_cli.config import load_recipe
-    from dgsct_cli.models.factory import create_model
+    from dgsct_cli.factory import create_model
 
     result = ok("info", "--recipe", "ave-tiny", env={"COLUMNS": "160"})
     model = create_model("ave", load_recipe("ave-tiny").model, load_encoder_weights=False)
@@ -369,7 +372,18 @@ def test_quiet_hides_progress_bars(ws):
 def test_quiet_train_on_missing_tiny_data_shows_no_progress(ws):
     """A tiny recipe prepares its synthetic data on the fly; --quiet hides that progress too."""
     data, run = ws.root / "auto-data", ws.root / "auto-run"
-    args = ("train", "-r", "ave-tiny", "-d", data, "-o", run, "train.epochs=1", "data.synthetic_videos=6")
+    args = (
+        "train",
+        "-r",
+        "ave-tiny",
+        "-d",
+        data,
+        "--synthetic",
+        "-o",
+        run,
+        "train.epochs=1",
+        "data.synthetic_videos=6",
+    )
     result = run_cli("--quiet", *args, env=FORCE_TTY, cwd=ws.root)
     assert result.returncode == 0, result.stderr
     assert (data / "manifest.json").is_file() and (run / "last.safetensors").is_file()
@@ -436,7 +450,7 @@ def to_release_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 @pytest.fixture(scope="module")
 def release_model():
     from dgsct_cli.config import load_recipe
-    from dgsct_cli.models.factory import create_model
+    from dgsct_cli.factory import create_model
 
     torch.manual_seed(123)
     model = create_model("ave", load_recipe("ave-tiny").model, load_encoder_weights=False)
@@ -457,7 +471,7 @@ def test_release_layout_inversion_maps_back_exactly(release_model):
     assert "CMBS.localize_module.classifier.weight" in release
     assert "swin.layers.0.downsample.reduction.weight" in release
     assert "htsat.layers.0.downsample.norm.weight" in release
-    mapped, dropped = map_release_state_dict(release, release_model, AVE.unused_release_keys)
+    mapped, dropped = map_release_state_dict(release, release_model, AVE.release.unused_keys)
     assert dropped == [] and set(mapped) == set(own)
     assert all(torch.equal(mapped[k], own[k]) for k in own)
 

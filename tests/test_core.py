@@ -7,14 +7,16 @@ import re
 
 import pytest
 import torch
-from conftest import FIXTURES, tiny_inputs
+from conftest import FIXTURES, tiny_inputs, tiny_model_config
 
 from dgsct_cli.models.adapter import AdapterSettings, DGSCTAdapter
-from dgsct_cli.models.dual import pair_blocks
-from dgsct_cli.models.encoders.audio import HTSAT, AudioConfig, LogMelFrontEnd, load_htsat_weights
-from dgsct_cli.models.encoders.visual import VisualConfig, create_visual_encoder
-from dgsct_cli.models.factory import tiny_model_config
+from dgsct_cli.models.encoders.htsat import HTSAT, LogMelFrontEnd, load_htsat_weights
+from dgsct_cli.models.encoders.htsat import HTSATConfig as AudioConfig
+from dgsct_cli.models.encoders.swinv2 import SwinV2Config as VisualConfig
+from dgsct_cli.models.encoders.swinv2 import create_visual_encoder
+from dgsct_cli.models.encoders.swinv2_htsat import pair_by_depth_ratio as pair_blocks
 from dgsct_cli.models.weights import CheckpointError
+from dgsct_cli.schema import build_dataclass
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,16 +69,16 @@ def test_adapter_settings_variants_build_and_run():
         assert out.shape == (2, 16, 32) and spatial.shape == (2, 1, 16)
         assert torch.allclose(spatial.sum(-1), torch.ones(2, 1))
     assert "gate" not in dict(DGSCTAdapter(32, 16, 24, 9, AdapterSettings(use_gate=False)).named_parameters())
-    with pytest.raises(ValueError, match="token_init"):
-        AdapterSettings(token_init="normal")
+    with pytest.raises(ValueError, match=r"model\.adapter\.token_init: 'normal' is out of range"):
+        build_dataclass(AdapterSettings, {"token_init": "normal"}, "model.adapter")
 
 
 def test_block_pairing_follows_stage_depths():
     pairs = pair_blocks([2, 2, 18, 2], [2, 2, 6, 2])
     assert len(pairs) == 12
-    stage3 = [(p.visual_block, p.audio_block) for p in pairs if p.stage == 2]
+    stage3 = [(p.visual_block, p.audio_block) for p in pairs if p.visual_stage == 2]
     assert stage3 == [(2, 0), (5, 1), (8, 2), (11, 3), (14, 4), (17, 5)]
-    assert [(p.visual_block, p.audio_block) for p in pairs if p.stage == 0] == [(0, 0), (1, 1)]
+    assert [(p.visual_block, p.audio_block) for p in pairs if p.visual_stage == 0] == [(0, 0), (1, 1)]
     # The deeper encoder may also be the audio one.
     assert [(p.visual_block, p.audio_block) for p in pair_blocks([1], [2])] == [(0, 1)]
     with pytest.raises(ValueError, match="cannot be paired"):
@@ -199,7 +201,7 @@ def test_htsat_lightning_checkpoint_loads_and_matches(tmp_path):
 def test_full_htsat_keys_cover_release_htsat_keys():
     import json
 
-    from dgsct_cli.models.encoders.audio import convert_htsat_state_dict
+    from dgsct_cli.models.encoders.htsat import convert_htsat_state_dict
 
     shapes = json.loads((FIXTURES / "official_ave_state_dict_shapes.json").read_text())
     release = {k[len("htsat.") :]: torch.empty(0) for k in shapes if k.startswith("htsat.")}
@@ -303,7 +305,7 @@ def test_guide_resize_projection_is_fc_then_bicubic_grid_resize():
 def test_audio_adapters_can_drop_their_gate_alone(tiny_model):
     import dataclasses
 
-    from dgsct_cli.models.factory import create_model
+    from dgsct_cli.factory import create_model
 
     cfg = tiny_model_config()
     cfg.adapter = dataclasses.replace(cfg.adapter, audio_gate=False)  # AVQA/AVS: un-gated audio adapters

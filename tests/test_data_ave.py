@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGENET
 from rich.console import Console
 from torch.utils.data import DataLoader
 
@@ -20,7 +21,8 @@ from dgsct_cli.data.ave import (
     segment_labels,
     summary_table,
 )
-from dgsct_cli.data.cache import TMP_PREFIX, PreparedCache, SegmentDataset, atomic_write_json
+from dgsct_cli.data.datasets import SegmentDataset
+from dgsct_cli.data.manifest import TMP_PREFIX, PreparedCache, atomic_write_json
 from dgsct_cli.data.synthetic import break_dataset, write_synthetic_ave
 from dgsct_cli.data.video import DecodeError, decode_clip, frame_indices, tile_audio
 
@@ -292,7 +294,7 @@ def test_prepared_cache_validation(prepared, tmp_path: Path) -> None:
 
 def test_segment_dataset_items(prepared) -> None:
     cache = PreparedCache(prepared[0])
-    ds = SegmentDataset(cache, "train", segment_tiling=3)
+    ds = SegmentDataset(cache, "train", segment_tiling=3, **IMAGENET)
     assert len(ds) == len(ds.sample_ids) == len(cache.split_indices("train"))
     assert ds.background_index == 2 and ds.class_names == cache.class_names
     item = ds[0]
@@ -316,7 +318,7 @@ def test_segment_dataset_items(prepared) -> None:
     batch = next(iter(DataLoader(ds, batch_size=2)))
     assert batch["frames"].shape == (2, 10, 3, 64, 64) and batch["event_label"].shape == (2, 1)
 
-    small = SegmentDataset(cache, "val", image_size=32, segment_tiling=2, sample_rate=16000)
+    small = SegmentDataset(cache, "val", image_size=32, segment_tiling=2, sample_rate=16000, **IMAGENET)
     item = small[0]
     assert item["frames"].shape == (10, 3, 32, 32)
     assert item["audio"].shape == (10, 2 * 16000)

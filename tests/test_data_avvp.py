@@ -10,31 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGENET, synthetic_cache
 from rich.console import Console
 
 from dgsct_cli.data import avvp as avvp_module
-from dgsct_cli.data.avvp import (
+from dgsct_cli.data.avvp import AVVP_CLASSES, prepare_avvp, read_llp_annotations, read_llp_ground_truth
+from dgsct_cli.data.datasets import SegmentDataset
+from dgsct_cli.data.manifest import TMP_PREFIX, PreparedCache, atomic_write_json, validate_manifest
+from dgsct_cli.data.r2plus1d import (
     KINETICS_MEAN,
     KINETICS_STD,
     _decode_st_frames,
     load_r2plus1d_18,
-    prepare_avvp,
     r2plus1d_inputs,
     r2plus1d_segment_features,
-    read_llp_annotations,
-    read_llp_ground_truth,
     st_frame_indices,
-)
-from dgsct_cli.data.cache import (
-    TMP_PREFIX,
-    PreparedCache,
-    SegmentDataset,
-    atomic_write_json,
-    validate_manifest,
 )
 from dgsct_cli.data.report import summary_table
 from dgsct_cli.data.synthetic import break_dataset, write_synthetic_llp
-from dgsct_cli.tasks.avvp_metrics import AVVP_CLASSES
 
 REAL_AVVP = Path(__file__).resolve().parent / "fixtures" / "data" / "avvp"
 SPLIT_FILES = ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv")
@@ -311,7 +304,7 @@ def test_prepare_skips_and_reports(broken: dict[str, str], prepared) -> None:
 def test_segment_dataset_items(broken: dict[str, str], prepared) -> None:
     cache = PreparedCache(prepared[0])
     assert cache.extra_arrays == ["video_st"] and cache.background_index is None
-    train = SegmentDataset(cache, "train", segment_tiling=2)
+    train = SegmentDataset(cache, "train", segment_tiling=2, **IMAGENET)
     item = train[0]
     assert item["frames"].shape == (10, 3, 48, 48) and item["audio"].shape == (10, 64000)
     assert item["video_st"].shape == (10, 512) and item["video_st"].dtype == torch.float32
@@ -321,7 +314,7 @@ def test_segment_dataset_items(broken: dict[str, str], prepared) -> None:
     np.testing.assert_array_equal(item["video_st"].numpy(), source)
 
     for split in ("val", "test"):
-        ds = SegmentDataset(cache, split)
+        ds = SegmentDataset(cache, split, **IMAGENET)
         item = ds[0]
         assert item["gt_audio"].shape == item["gt_visual"].shape == (10, 25)
         assert item["gt_audio"].dtype == torch.float32
@@ -329,7 +322,7 @@ def test_segment_dataset_items(broken: dict[str, str], prepared) -> None:
         present = (item["gt_audio"].amax(0) + item["gt_visual"].amax(0)) > 0
         assert bool((item["labels"][present] == 1).all())
 
-    batch = next(iter(torch.utils.data.DataLoader(SegmentDataset(cache, "train"), batch_size=2)))
+    batch = next(iter(torch.utils.data.DataLoader(SegmentDataset(cache, "train", **IMAGENET), batch_size=2)))
     assert batch["video_st"].shape == (2, 10, 512) and batch["labels"].shape == (2, 25)
 
 
@@ -426,7 +419,6 @@ def test_cli_and_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     from typer.testing import CliRunner
 
     from dgsct_cli.cli.prepare_cmd import prepare_app
-    from dgsct_cli.data.registry import prepare_synthetic
 
     runner = CliRunner()
     out = tmp_path / "cache"
@@ -445,10 +437,10 @@ def test_cli_and_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert result.exit_code == 1 and "error:" in result.output and "nope" in result.output
 
-    # The registry writes the synthetic root and prepares it from its own feature folder.
+    # The task writes the synthetic root and prepares it from its own feature folder.
     calls = []
     monkeypatch.setattr(avvp_module, "prepare_avvp", lambda *a, **kw: calls.append((a, kw)))
-    target = prepare_synthetic("avvp", tmp_path / "reg", videos=3, image_size=32, num_classes=2)
+    target = synthetic_cache("avvp", tmp_path / "reg", videos=3, image_size=32)
     assert target == tmp_path / "reg" and (target / "raw" / "video").is_dir()
     ((args, kwargs),) = calls
     assert args == (target / "raw", target) and kwargs["image_size"] == 32
@@ -464,5 +456,5 @@ def test_ave_style_manifest_without_extra_arrays_still_reads(prepared, tmp_path:
     atomic_write_json(tmp_path / "c" / "manifest.json", manifest)
     cache = PreparedCache(tmp_path / "c")
     assert cache.extra_arrays == []
-    item = SegmentDataset(cache, "val")[0]
+    item = SegmentDataset(cache, "val", **IMAGENET)[0]
     assert "video_st" not in item and set(item) == {"frames", "audio", "index", "labels"}

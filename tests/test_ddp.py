@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_model_config
 from torch.nn.parallel import DistributedDataParallel
 
 from dgsct_cli.distributed import ResumableSampler
-from dgsct_cli.models.factory import create_model, tiny_model_config
+from dgsct_cli.factory import create_model
 from dgsct_cli.tasks.ave import AVELossConfig, ave_loss
 
 WORLD = 2

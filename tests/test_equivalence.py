@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import tiny_inputs, tiny_model_config
 
+from dgsct_cli.factory import create_model
 from dgsct_cli.models.adapter import DGSCTAdapter
-from dgsct_cli.models.factory import create_model, tiny_model_config
 from dgsct_cli.tasks.ave import AVELossConfig, ave_loss
 
 

@@ -183,7 +183,7 @@ def _check_outputs(out: dict[str, torch.Tensor], b: int, c: int = 25) -> None:
 def test_forward_and_loss_tiny(gated_audio: bool) -> None:
     torch.manual_seed(0)
     head = MGNHead(**TINY, num_classes=7, gated_audio=gated_audio).train()
-    out = head(*_inputs(3, 64, 32, 16))
+    out = head.predict(*_inputs(3, 64, 32, 16))
     _check_outputs(out, 3, c=7)
     labels = torch.zeros(3, 7)
     labels[0, 1] = labels[1, 2] = labels[2, 3] = labels[2, 6] = 1
@@ -202,7 +202,7 @@ def test_forward_and_loss_tiny(gated_audio: bool) -> None:
 def test_default_size_forward(default_head: MGNHead) -> None:
     torch.manual_seed(0)
     with torch.no_grad():
-        out = default_head(*_inputs(2, 1536, 768, 512))
+        out = default_head.predict(*_inputs(2, 1536, 768, 512))
     _check_outputs(out, 2)
 
 
@@ -214,7 +214,7 @@ def test_audio_grouping_input_follows_release_quirk(gated_audio: bool) -> None:
     seen: list[torch.Tensor] = []
     head.audio_cug.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     with torch.no_grad():
-        head(visual, audio, video_st)
+        head.predict(visual, audio, video_st)
         ungated = head.fc_a(audio)
     # Release (E.4): the audio grouping receives the ungated fc_a output; gated_audio feeds audio'.
     assert torch.equal(seen[0], ungated) != gated_audio

@@ -100,7 +100,7 @@ def head_and_trace(reference: dict):
     )
     inputs = reference["inputs"]
     with torch.no_grad():
-        out = head(inputs["f_v"], inputs["f_a"], inputs["video_st"])
+        out = head.predict(inputs["f_v"], inputs["f_a"], inputs["video_st"])
     for h in hooks:
         h.remove()
     return out, trace

@@ -31,8 +31,16 @@ def _torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_resume(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
-    common = ["--recipe", "ave-tiny", "--data", str(data), "--output", str(run), "data.synthetic_videos=8"]
-    first = _torchrun(*common, "train.epochs=1", cwd=tmp_path)
+    common = ["--data", str(data), "--output", str(run)]
+    first = _torchrun(
+        *common,
+        "--recipe",
+        "ave-tiny",
+        "--synthetic",
+        "data.synthetic_videos=8",
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     # Rank 0 alone wrote the dataset, the checkpoints and the log; rank 1 printed nothing.
     assert (data / "manifest.json").is_file()

@@ -12,11 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import synthetic_cache
 from rich.console import Console
 from safetensors.torch import load_file
 
 from dgsct_cli.config import load_recipe
-from dgsct_cli.train import STATE_FILE, Trainer, open_dataset
+from dgsct_cli.factory import open_split
+from dgsct_cli.train import STATE_FILE, Trainer
 
 EPOCHS = 2
 BATCH = 2
@@ -59,16 +61,12 @@ def without_timing(records: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from dgsct_cli.data.registry import prepare_synthetic
-
-    return prepare_synthetic(
-        "ave", tmp_path_factory.mktemp("resume") / "C", videos=8, image_size=64, num_classes=4
-    )
+    return synthetic_cache("ave", tmp_path_factory.mktemp("resume") / "C", videos=8, image_size=64)
 
 
 @pytest.fixture(scope="module")
 def batches_per_epoch(data_dir) -> int:
-    n = math.ceil(len(open_dataset(recipe(), data_dir, "train")) / BATCH)
+    n = math.ceil(len(open_split(recipe(), data_dir, "train")) / BATCH)
     assert n >= 4, "the cases below need at least 4 micro-batches per epoch"
     return n
 
@@ -103,8 +101,9 @@ CASES = {
 
 
 def _expected_progress(done: int, b: int) -> tuple[int, int]:
-    """(epochs done, micro-batches done in the current epoch) after ``done`` micro-batches."""
-    return (done - 1) // b, (done - 1) % b + 1
+    """(epochs trained, micro-batches done in the current epoch) after ``done`` micro-batches (a
+    stop after an epoch's last batch saves the epoch as trained, its validation pending)."""
+    return done // b, done % b
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +124,7 @@ def interrupted_runs(data_dir, batches_per_epoch, tmp_path_factory) -> dict[str,
                     done=done,
                     progress=(state["progress"]["epoch"], state["progress"]["batch_in_epoch"]),
                     grads=len(state["grads"]),
+                    pending_validation=state["progress"]["pending_validation"],
                     metric_lines=len(metrics(out)) if (out / "metrics.jsonl").exists() else 0,
                     files=sorted(p.name for p in out.iterdir()),
                 )
@@ -187,10 +187,12 @@ def test_ctrl_c_saves_the_position_and_pending_gradients(case, interrupted_runs,
     for stop in r.stops:
         epoch, batch = _expected_progress(stop.done, b)
         assert stop.progress == (epoch, batch)
-        assert stop.metric_lines == epoch  # only finished epochs are logged
+        pending = batch == 0  # stopped after the epoch's last batch: its validation is pending
+        assert stop.metric_lines == epoch - pending  # only validated epochs are logged
+        assert stop.pending_validation == pending
         assert {"last.safetensors", STATE_FILE, "recipe.yaml"} <= set(stop.files)
         assert not [f for f in stop.files if "tmp" in f.lower()]
-        mid_step = batch % r.accum != 0 and batch != b
+        mid_step = batch % r.accum != 0
         # Gradients of a half-done accumulation step are saved; none after an optimiser step.
         assert (stop.grads > 0) == mid_step, (stop.progress, stop.grads)
     if case.startswith("accum"):

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 from rich.table import Table
 
-from .common import OPTIONS, console, err_console, friendly_errors, show_progress
+from .common import OPTIONS, command, configure_logging, console, err_console, show_progress
 
 app = typer.Typer(
     help="DG-SCT for audio-visual downstream tasks: prepare data, train, evaluate, extract, visualise.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # Plain help: flags read "--resume", not "--resume <bool>" (typer's rich panels add the type),
+    # and piped help is not boxed at 80 columns.
+    rich_markup_mode=None,
 )
-recipes_app = typer.Typer(help="List and show recipes.", no_args_is_help=True)
-visualize_app = typer.Typer(help="Figures from trained checkpoints.", no_args_is_help=True)
+recipes_app = typer.Typer(help="List and show recipes.", no_args_is_help=True, rich_markup_mode=None)
+visualize_app = typer.Typer(
+    help="Figures from trained checkpoints.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(visualize_app, name="visualize")
 
@@ -38,24 +40,19 @@ ReleaseRecipeOption = Annotated[
 
 @app.callback()
 def _global(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; tracebacks for errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results; no progress bars."),
 ) -> None:
+    # Also accepted after the subcommand's name (every command takes them).
     OPTIONS.quiet, OPTIONS.verbose = quiet, verbose
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_time=False, show_path=verbose)],
-        force=True,
-    )
+    configure_logging()
 
 
 # -- recipes -------------------------------------------------------------------------------------
 
 
 @recipes_app.command("list")
-@friendly_errors
+@command
 def recipes_list() -> None:
     """List the recipes in recipes/."""
     from ..config import load_recipe, recipe_files
@@ -67,7 +64,7 @@ def recipes_list() -> None:
 
 
 @recipes_app.command("show")
-@friendly_errors
+@command
 def recipes_show(
     recipe: str = typer.Argument(..., help="Recipe name (recipes/<name>.yaml) or path."),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides."),
@@ -86,17 +83,17 @@ def _millions(n: int) -> str:
 
 
 @app.command()
-@friendly_errors
+@command
 def info(
-    recipe: str = typer.Option("ave", "--recipe", "-r", help="Recipe name or path."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (ave, avvp-tiny, ...) or path."),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides."),
 ) -> None:
     """Parameter counts (total / trainable / adapters) of a recipe's model."""
     from ..config import load_recipe
-    from ..models.factory import create_model
+    from ..factory import build_model
 
     r = load_recipe(recipe, overrides or [])
-    model = create_model(r.task, r.model, load_encoder_weights=False)
+    model = build_model(r, load_encoder_weights=False)
     counts = model.parameter_counts()
     table = Table(title=f"{r.name or recipe}: {r.task.upper()} model parameters")
     table.add_column("part")
@@ -111,7 +108,7 @@ def info(
 
 
 @app.command()
-@friendly_errors
+@command
 def convert(
     task: str = typer.Argument(..., help="Task of the release checkpoint (ave, ...)."),
     release: Path = typer.Argument(..., help="The release's .pt file (torch.save(model.state_dict()))."),
@@ -121,9 +118,9 @@ def convert(
     """Convert a DG-SCT release checkpoint to a dgsct checkpoint (safetensors + recipe)."""
     from ..checkpoint import save_checkpoint
     from ..config import load_recipe
-    from ..convert import load_official_checkpoint
+    from ..convert import load_official_checkpoint, release_recipe
 
-    r = load_recipe(recipe) if recipe else _default_recipe(task)
+    r = load_recipe(recipe) if recipe else release_recipe(task)
     if r.task != task:
         raise ValueError(f"--recipe is for task {r.task}, not {task}")
     model = load_official_checkpoint(task, release, r.model)
@@ -131,29 +128,28 @@ def convert(
     console.print(f"wrote {out} ({_millions(model.parameter_counts()['total'])} parameters, task {task})")
 
 
-def _default_recipe(task: str):
-    from ..config import Recipe, load_recipe
-
-    try:
-        return load_recipe(task)
-    except ValueError:
-        return Recipe(task=task)
-
-
 # -- train / eval / extract ------------------------------------------------------------------------
 
 
 @app.command()
-@friendly_errors
+@command
 def train(
-    recipe: str | None = typer.Option(
-        None, "--recipe", "-r", help="Recipe name or path (default with --resume: the run's)."
-    ),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe name (ave, ave.yaml) or path."),
     data: Path | None = typer.Option(
-        None, "--data", "-d", help="Prepared dataset folder (default: recipe data.path)."
+        None, "--data", "-d", help="Prepared dataset folder (default: the recipe's data.path)."
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<recipe>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last state."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --output exactly as it was started (its recipe, data, overrides).",
+    ),
+    switch_data: bool = typer.Option(
+        False, "--switch-data", help="With --resume: continue on the --data given, not the run's own."
+    ),
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Write a small synthetic dataset at --data first if it has none."
+    ),
     test: bool = typer.Option(
         False, "--test", help="After training, evaluate the best checkpoint on the test split."
     ),
@@ -161,24 +157,56 @@ def train(
 ) -> None:
     """Train a recipe's model; validation each epoch, best/last checkpoints, metrics.jsonl."""
     from ..config import load_recipe
+    from ..runs import STATE_FILE, read_run_record
     from ..train import Trainer
 
-    if recipe is None:
-        if not (resume and output is not None and (output / "recipe.yaml").is_file()):
+    overrides = overrides or []
+    if resume:
+        if output is None:
+            raise ValueError("--resume needs --output RUN (the run folder to continue)")
+        if not (output / STATE_FILE).is_file():
+            raise ValueError(f"{output}: nothing to resume (no {STATE_FILE}); start the run without --resume")
+        if recipe is not None:
             raise ValueError(
-                "--recipe is required (or --resume with an --output run folder that has recipe.yaml)"
+                "--resume continues the run with its own recipe: drop --recipe "
+                f"(the run's resolved recipe is {output / 'recipe.yaml'}; overrides apply on top of it)"
             )
-        recipe = str(output / "recipe.yaml")
-    r = load_recipe(recipe, overrides or [])
-    output = output or Path("runs") / (r.name or "run")
-    data_dir = data or Path(r.data.path)
-    trainer = Trainer(r, data_dir, output, console=err_console, show_progress=show_progress())
+        record = read_run_record(output)
+        # The run's resolved recipe (its own overrides included); new overrides (e.g. more epochs)
+        # apply on top and are recorded.
+        r = load_recipe(str(output / "recipe.yaml"), overrides)
+        if overrides:
+            record = {**record, "resume_overrides": [*record.get("resume_overrides", []), *overrides]}
+        started_on = Path(record.get("data", r.data.path))
+        if data is not None and data.resolve() != started_on.resolve() and not switch_data:
+            raise ValueError(
+                f"{output} was trained on {started_on}; --data {data} differs (add --switch-data to continue on it)"
+            )
+        data_dir = data if data is not None else started_on
+        run_record = record
+    else:
+        if recipe is None:
+            raise ValueError("--recipe is required (or --resume with the --output run folder to continue)")
+        r = load_recipe(recipe, overrides)
+        output = output or Path("runs") / (r.name or "run")
+        data_dir = data or Path(r.data.path)
+        run_record = {"recipe": r.source, "overrides": overrides}
+    trainer = Trainer(
+        r,
+        data_dir,
+        output,
+        console=err_console,
+        show_progress=show_progress(),
+        run_record=run_record,
+        synthetic=synthetic,
+    )
     result = trainer.run(resume=resume)
     if not trainer.is_main:
         return
+    best = result["best_metric"]
     console.print(
-        f"done: {result['epochs']} epochs, best {trainer.task.selection_metric} "
-        f"{result['best_metric'] if result['best_metric'] is None else round(result['best_metric'], 2)} "
+        f"done: {result['epochs']} epochs{' (early stop)' if result['stopped_early'] else ''}, best "
+        f"{trainer.task.selection_metric} {best if best is None else round(best, 2)} "
         f"(epoch {result['best_epoch']}); checkpoints in {output}",
         highlight=False,
     )
@@ -186,17 +214,28 @@ def train(
         _evaluate(output, data_dir, r.data.test_split, output / "test_metrics.json", None, None)
 
 
+def _check_writable(path: Path | None) -> None:
+    """Fail before the work when an output file cannot be written there."""
+    if path is None:
+        return
+    from ..atomic import check_writable
+
+    check_writable(path)
+
+
 def _open_checkpoint(checkpoint: Path, data: Path, split: str, recipe: str | None):
     """(model on its device, recipe, checkpoint kind, task, dataset split, device)."""
     from ..checkpoint import load_any_checkpoint
     from ..config import load_recipe
-    from ..evaluate import resolve_device
+    from ..factory import open_split
+    from ..runtime import resolve_device
     from ..tasks.base import get_task
-    from ..train import open_dataset
 
-    _check_data_folder(data)
+    if not data.exists():  # reported before the (slow) checkpoint read
+        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
     model, r, kind = load_any_checkpoint(checkpoint, load_recipe(recipe) if recipe else None)
-    dataset = open_dataset(r, data, split)
+    what = f"the checkpoint {checkpoint}"
+    dataset = open_split(r, data, split, what=what)
     device = resolve_device(r.train.device)
     return model.to(device), r, kind, get_task(r.task), dataset, device
 
@@ -211,6 +250,7 @@ def _evaluate(
 ) -> dict:
     from ..evaluate import evaluate
 
+    _check_writable(json_out)
     model, r, kind, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
     metrics = evaluate(
         model,
@@ -243,7 +283,7 @@ def _evaluate(
 
 
 @app.command("eval")
-@friendly_errors
+@command
 def eval_(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -254,11 +294,6 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
     _evaluate(checkpoint, data, split, json_out, recipe, batch_size)
-
-
-def _check_data_folder(data: Path) -> None:
-    if not data.exists():
-        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
 
 
 def _features(
@@ -285,7 +320,7 @@ def _features(
 
 
 @app.command()
-@friendly_errors
+@command
 def extract(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -299,6 +334,7 @@ def extract(
     """Per-segment pooled visual/audio features with labels and sample ids, to one .npz file."""
     from ..extract import save_features
 
+    _check_writable(out if out.suffix == ".npz" else out.with_name(out.name + ".npz"))
     feats = _features(checkpoint, data, split, adapters, recipe)[adapters]
     path = save_features(out, feats)
     console.print(
@@ -308,7 +344,7 @@ def extract(
 
 
 @visualize_app.command("tsne")
-@friendly_errors
+@command
 def tsne(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -325,16 +361,15 @@ def tsne(
         raise ValueError(f"--modality must be visual, audio or both, got {modality!r}")
     feats = _features(checkpoint, data, split, None, recipe)
     base, ours = feats[False], feats[True]
+    _check_writable(out)
     labels = ours["segment_labels"].reshape(-1)
     panels = []
     for mod in ("visual", "audio") if modality == "both" else (modality,):
         for name, f in (("frozen encoders", base), ("DG-SCT", ours)):
             panels.append(FeaturePanel(f"{mod}: {name}", f[mod].reshape(len(labels), -1), labels))
-    from ..data.cache import label_names
-
     background = int(ours["background_index"])
     background = None if background < 0 else background
-    class_names = label_names([str(c) for c in ours["class_names"]], background)
+    class_names = [str(c) for c in ours["label_names"]]
     scores = plot_tsne_panels(
         panels, class_names, out, background_index=background, seed=seed, title=f"{split} split"
     )

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from .common import console, friendly_errors
+from .common import command, console
 
 
-@friendly_errors
+@command
 def bench(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (recipes/<name>.yaml) or path."),
     batch_size: int | None = typer.Option(

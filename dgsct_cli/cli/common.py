@@ -1,8 +1,16 @@
-"""What every command shares: consoles, global options, and turning bad input into one line."""
+"""What every command shares: consoles, the ``--verbose``/``--quiet`` options, and turning bad
+input into one line.
+
+Nothing here imports torch: ``dgsct --help`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
+import inspect
+import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +18,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    # Piped output (logs read by scripts and CI): plain lines at full width, never wrapped at 80.
+    return Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 
 @dataclass
@@ -27,9 +44,49 @@ def show_progress() -> bool:
     return not OPTIONS.quiet
 
 
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+def configure_logging() -> None:
+    level = logging.DEBUG if OPTIONS.verbose else logging.ERROR if OPTIONS.quiet else logging.INFO
+    if err_console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(
+            console=err_console, show_time=False, show_path=OPTIONS.verbose
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # logs read by scripts: one plain line per message
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def print_error(message: str) -> None:
     # Escaped (paths may contain [brackets]) and soft-wrapped: an error stays one line.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    text = " ".join(str(message).split()) or "failed"
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _os_error_message(exc: OSError) -> str:
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"{where}: no space left on the device; nothing was half-written, free some space and run again"
+        )
+    if exc.errno == errno.EDQUOT:
+        return f"{where}: disk quota exceeded; nothing was half-written"
+    if exc.errno == errno.EROFS:
+        return f"{where}: the file system is read-only"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}: permission denied"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{where}: file name too long"
+    if exc.errno == errno.ENOTDIR:
+        return f"{where}: a part of the path is a file, not a folder"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def friendly_errors(fn):
@@ -37,22 +94,76 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import torch
-
         try:
             return fn(*args, **kwargs)
-        except torch.OutOfMemoryError:
-            if OPTIONS.verbose:
-                raise
-            print_error("out of memory; try a smaller batch size or model.recompute=on")
-            raise typer.Exit(1) from None
-        except (ValueError, FileNotFoundError, KeyError) as exc:
-            if OPTIONS.verbose:
-                raise
-            print_error(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc))
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+        except KeyboardInterrupt as exc:
+            message = getattr(exc, "message", None)
+            if message is None:
+                err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if OPTIONS.verbose:
+                raise
+            text = _user_error(exc)
+            if text is None:
+                raise
+            print_error(text)
+            raise typer.Exit(1) from None
 
+    return wrapper
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one-line message of an error a user can fix, or None for a bug (shown in full)."""
+    if "torch" in sys.modules:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return "out of memory; try a smaller batch size or model.recompute=on"
+    if isinstance(exc, KeyError):
+        return exc.args[0] if exc.args else "missing key"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | FileExistsError):
+        return _os_error_message(exc)
+    if isinstance(exc, ValueError | FileNotFoundError | FileExistsError):
+        return str(exc)
+    return None
+
+
+# -- options every command takes, before or after its name ------------------------------------
+
+_COMMON = [
+    inspect.Parameter(
+        "verbose",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--verbose", "-v", help="Debug logging; tracebacks for errors."),
+        annotation=bool,
+    ),
+    inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--quiet", "-q", help="Only errors and results; no progress bars."),
+        annotation=bool,
+    ),
+]
+
+
+def command(fn):
+    """A CLI command: takes ``--verbose``/``--quiet`` (also after its name) and reports bad input
+    as one line."""
+    guarded = friendly_errors(fn)
+    sig = inspect.signature(fn, eval_str=True)  # real types: typer reads the annotations
+    params = [p for p in sig.parameters.values() if p.name not in ("verbose", "quiet")]
+    positional = [p for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
+    keyword = [p for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, verbose: bool = False, quiet: bool = False, **kwargs: Any) -> Any:
+        OPTIONS.verbose = OPTIONS.verbose or verbose
+        OPTIONS.quiet = OPTIONS.quiet or quiet
+        configure_logging()
+        return guarded(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*positional, *keyword, *_COMMON])
     return wrapper

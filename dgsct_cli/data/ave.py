@@ -21,7 +21,9 @@ from typing import Any, NamedTuple
 from rich.console import Console
 
 from .. import __version__
-from .cache import MANIFEST_NAME, build_manifest, decode_videos_to_cache, write_manifest
+from .decode import decode_videos_to_cache
+from .lines import LineProblems, numbered_lines
+from .manifest import MANIFEST_NAME, build_manifest, valid_video_id, write_manifest
 
 # Re-exported: these used to live here and are shared with the other datasets now.
 from .report import (
@@ -69,40 +71,41 @@ def segment_labels(
     return [class_index if start <= t < end else background_index for t in range(num_segments)]
 
 
-def _parse_file(path: Path) -> list[tuple[int, AnnotationRow]]:
-    """``(line number, row)`` for every annotation line of ``path``."""
+def _parse_line(path: Path, line_no: int, line: str) -> AnnotationRow:
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{path}:{line_no}: {problem}")
+
+    fields = line.split("&")
+    if len(fields) != 5:
+        raise bad(f"expected 5 '&'-separated fields ({AVE_HEADER}), got {len(fields)}: {line!r}")
+    category, video_id, quality, start_s, end_s = (f.strip() for f in fields)
+    if not category:
+        raise bad("empty Category")
+    if not valid_video_id(video_id):
+        raise bad(f"invalid VideoID {video_id[:60]!r}{'...' if len(video_id) > 60 else ''} (it names a file)")
+    try:
+        start, end = int(start_s), int(end_s)
+    except ValueError:
+        raise bad(f"StartTime/EndTime must be whole seconds, got {start_s!r}/{end_s!r}") from None
+    if not 0 <= start <= end <= AVE_NUM_SEGMENTS:
+        raise bad(f"need 0 <= StartTime <= EndTime <= {AVE_NUM_SEGMENTS}, got {start}..{end}")
+    return AnnotationRow(category, video_id, quality, start, end)
+
+
+def _parse_file(path: Path, problems: LineProblems | None = None) -> list[tuple[int, AnnotationRow]]:
+    """``(line number, row)`` for every annotation line of ``path``; a malformed line is reported
+    to ``problems`` (and skipped) or, without it, raised."""
+    problems = problems or LineProblems(strict=True)
     rows: list[tuple[int, AnnotationRow]] = []
-    with path.open(encoding="utf-8-sig") as fh:  # tolerate a BOM from Windows editors
-        for line_no, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            if line_no == 1 and line.strip().lower() == AVE_HEADER.lower():
-                continue  # Annotations.txt has a header; the split files do not
-
-            def bad(problem: str, line_no: int = line_no) -> ValueError:
-                return ValueError(f"{path}:{line_no}: {problem}")
-
-            fields = line.split("&")
-            if len(fields) != 5:
-                raise bad(f"expected 5 '&'-separated fields ({AVE_HEADER}), got {len(fields)}: {line!r}")
-            category, video_id, quality, start_s, end_s = (f.strip() for f in fields)
-            if not category:
-                raise bad("empty Category")
-            if (
-                not video_id
-                or any(c.isspace() for c in video_id)
-                or "/" in video_id
-                or video_id.startswith(".")
-            ):
-                raise bad(f"invalid VideoID {video_id!r}")
-            try:
-                start, end = int(start_s), int(end_s)
-            except ValueError:
-                raise bad(f"StartTime/EndTime must be whole seconds, got {start_s!r}/{end_s!r}") from None
-            if not 0 <= start <= end <= AVE_NUM_SEGMENTS:
-                raise bad(f"need 0 <= StartTime <= EndTime <= {AVE_NUM_SEGMENTS}, got {start}..{end}")
-            rows.append((line_no, AnnotationRow(category, video_id, quality, start, end)))
+    for line_no, line in numbered_lines(path, problems):
+        if not line.strip():
+            continue
+        if line_no == 1 and line.strip().lower() == AVE_HEADER.lower():
+            continue  # Annotations.txt has a header; the split files do not
+        try:
+            rows.append((line_no, _parse_line(path, line_no, line)))
+        except ValueError as exc:
+            problems.add(str(exc))
     return rows
 
 
@@ -114,17 +117,20 @@ def _require(root: Path, name: str) -> Path:
     return path
 
 
-def read_ave_annotations(root: str | Path) -> tuple[list[str], dict[str, list[AnnotationRow]]]:
+def read_ave_annotations(
+    root: str | Path, problems: LineProblems | None = None
+) -> tuple[list[str], dict[str, list[AnnotationRow]]]:
     """Parse the AVE annotation files under ``root``.
 
     Returns ``(class_names, {"train": rows, "val": rows, "test": rows})``. Class order is the order
     of first appearance in Annotations.txt (checked against categories.txt when present). Raises
-    ``ValueError("<file>:<line>: <problem>")`` on a malformed line and names a missing file.
+    ``ValueError("<file>:<line>: <problem>")`` on a malformed line (or, with ``problems``, reports
+    it there and skips it) and names a missing file.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: AVE root folder not found")
-    annotations = _parse_file(_require(root, "Annotations.txt"))
+    annotations = _parse_file(_require(root, "Annotations.txt"), problems)
     class_names: list[str] = []
     for _, row in annotations:
         if row.category not in class_names:
@@ -147,13 +153,15 @@ def read_ave_annotations(root: str | Path) -> tuple[list[str], dict[str, list[An
     known = set(class_names)
     for split, name in AVE_SPLIT_FILES.items():
         path = _require(root, name)
-        numbered = _parse_file(path)
-        for line_no, row in numbered:
+        rows = []
+        for line_no, row in _parse_file(path, problems):
             if row.category not in known:
-                raise ValueError(
+                (problems or LineProblems()).add(
                     f"{path}:{line_no}: unknown category {row.category!r} (not in Annotations.txt)"
                 )
-        splits[split] = [row for _, row in numbered]
+                continue
+            rows.append(row)
+        splits[split] = rows
     return class_names, splits
 
 
@@ -189,16 +197,19 @@ def prepare_ave(
     sample_rate: int = 32000,
     progress: bool = True,
     console: Console | None = None,
+    strict: bool = False,
 ) -> PrepareSummary:
     """Decode the AVE videos under ``root`` into a prepared cache at ``out``.
 
     Resumable: videos already in the cache are not decoded again. Missing, corrupt and audio-less
     videos are skipped and reported (summary, ``manifest.json`` and ``prepare_report.json``). Raises
-    ``ValueError`` for missing annotation files, malformed lines, or a split left without samples.
+    ``ValueError`` for missing annotation files or a split left without samples; a malformed
+    annotation line is reported and skipped (``strict``: it stops the run).
     """
     started = time.monotonic()
     root, out = Path(root), Path(out)
-    class_names, splits = read_ave_annotations(root)
+    problems = LineProblems(strict=strict)
+    class_names, splits = read_ave_annotations(root, problems)
     video_dir = root / "AVE"
     if not video_dir.is_dir():
         raise ValueError(f"{root}: missing the AVE/ folder with the <VideoID>.mp4 files")
@@ -234,6 +245,7 @@ def prepare_ave(
             reused=reused,
             skipped=skipped,
             seconds=time.monotonic() - started,
+            bad_lines=list(problems.messages),
         )
         write_prepare_report(out, root, summary, "ave")
         raise_on_empty_split(

@@ -15,7 +15,7 @@ Kinetics normalisation, ``fc`` removed).
 
 from __future__ import annotations
 
-import functools
+import csv
 import hashlib
 import json
 import math
@@ -27,44 +27,66 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from rich.console import Console
 
 from .. import __version__
-from ..tasks.avvp_metrics import AVVP_CLASSES, read_avvp_ground_truth
-from .cache import (
+from .decode import ExtraArraySpec, decode_videos_to_cache
+from .lines import LineProblems, numbered_lines
+from .manifest import (
     MANIFEST_NAME,
-    ExtraArraySpec,
     array_path,
     atomic_save_npy,
     atomic_write_json,
     build_manifest,
-    decode_videos_to_cache,
     remove_stale_temp_files,
+    valid_video_id,
     write_manifest,
 )
+from .r2plus1d import R2P1D_FRAMES_PER_SEGMENT, R2P1D_SIZE, _cached_model, compute_video_st, load_r2plus1d_18
 from .report import PrepareSummary, SkippedVideo, raise_on_empty_split, write_prepare_report
-from .video import DecodeError, _short_message, quiet_decord
 
 __all__ = [
+    "AVVP_CLASSES",
     "AVVP_EVAL_FILES",
     "AVVP_NUM_SEGMENTS",
     "AVVP_SPLIT_FILES",
-    "KINETICS_MEAN",
-    "KINETICS_STD",
     "LLPRow",
     "VIDEO_ST",
-    "compute_video_st",
     "find_annotation_dir",
-    "load_r2plus1d_18",
     "multi_hot",
     "prepare_avvp",
-    "r2plus1d_inputs",
-    "r2plus1d_segment_features",
+    "read_avvp_ground_truth",
     "read_llp_annotations",
     "read_llp_ground_truth",
-    "st_frame_indices",
+]
+
+# Release class order (§A.1): label vectors and checkpoints index classes this way.
+AVVP_CLASSES: list[str] = [
+    "Speech",
+    "Car",
+    "Cheering",
+    "Dog",
+    "Cat",
+    "Frying_(food)",
+    "Basketball_bounce",
+    "Fire_alarm",
+    "Chainsaw",
+    "Cello",
+    "Banjo",
+    "Singing",
+    "Chicken_rooster",
+    "Violin_fiddle",
+    "Vacuum_cleaner",
+    "Baby_laughter",
+    "Accordion",
+    "Lawn_mower",
+    "Motorcycle",
+    "Helicopter",
+    "Acoustic_guitar",
+    "Telephone_bell_ringing",
+    "Baby_cry_infant_cry",
+    "Blender",
+    "Clapping",
 ]
 
 AVVP_NUM_SEGMENTS = 10
@@ -76,11 +98,6 @@ EVAL_HEADER = ("filename", "onset", "offset", "event_labels")
 # The extra cache array holding the 3-D visual features, and its per-video shape.
 VIDEO_ST = "video_st"
 VIDEO_ST_DIM = 512
-# R(2+1)D input: 8 frames per 1-s segment at 112x112, normalised with the Kinetics-400 statistics.
-R2P1D_FRAMES_PER_SEGMENT = 8
-R2P1D_SIZE = 112
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 # Where the video_st of a cache came from; a change invalidates every cached feature file.
 _SOURCE_NAME = "video_st.source.json"
 
@@ -116,42 +133,39 @@ def find_annotation_dir(root: str | Path) -> Path:
     )
 
 
-def _lines(path: Path, header: Sequence[str]) -> list[tuple[int, list[str]]]:
-    """``(line number, tab-separated fields)`` of every non-blank line after the header."""
+def _lines(
+    path: Path, header: Sequence[str], problems: LineProblems | None = None
+) -> list[tuple[int, list[str]]]:
+    """``(line number, tab-separated fields)`` of every non-blank line after the header; a line
+    with the wrong number of fields is reported to ``problems`` (or raised)."""
+    problems = problems or LineProblems(strict=True)
     rows: list[tuple[int, list[str]]] = []
-    with path.open(encoding="utf-8-sig", newline="") as fh:  # utf-8-sig: tolerate a BOM
-        for line_no, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if line_no == 1:
-                got = tuple(f.strip() for f in line.split("\t"))
-                if got != tuple(header):
-                    raise ValueError(
-                        f"{path}:1: expected the tab-separated header {'<TAB>'.join(header)}, got {line!r}"
-                    )
-                continue
-            if not line.strip():
-                continue
-            fields = [f.strip() for f in line.split("\t")]
-            if len(fields) != len(header):
+    for line_no, line in numbered_lines(path, problems):
+        if line_no == 1:
+            got = tuple(f.strip() for f in line.split("\t"))
+            if got != tuple(header):
                 raise ValueError(
-                    f"{path}:{line_no}: expected {len(header)} tab-separated fields "
-                    f"({', '.join(header)}), got {len(fields)}: {line!r}"
+                    f"{path}:1: expected the tab-separated header {'<TAB>'.join(header)}, got {line!r}"
                 )
-            rows.append((line_no, fields))
+            continue
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) != len(header):
+            problems.add(
+                f"{path}:{line_no}: expected {len(header)} tab-separated fields "
+                f"({', '.join(header)}), got {len(fields)}: {line[:120]!r}"
+            )
+            continue
+        rows.append((line_no, fields))
     return rows
 
 
 def _check_filename(path: Path, line_no: int, name: str) -> None:
     # It becomes a cache file name, and its first 11 characters name the features file.
-    if (
-        len(name) < 11
-        or any(c.isspace() for c in name)
-        or "/" in name
-        or "\\" in name
-        or name.startswith(".")
-    ):
+    if len(name) < 11 or not valid_video_id(name):
         raise ValueError(
-            f"{path}:{line_no}: invalid filename {name!r} (expected <11-char YouTube id>_<start>_<end>)"
+            f"{path}:{line_no}: invalid filename {name[:60]!r} (expected <11-char YouTube id>_<start>_<end>)"
         )
 
 
@@ -168,68 +182,137 @@ def _parse_labels(path: Path, line_no: int, text: str) -> list[str]:
     return labels
 
 
-def read_llp_annotations(root: str | Path) -> dict[str, list[LLPRow]]:
+def read_llp_annotations(root: str | Path, problems: LineProblems | None = None) -> dict[str, list[LLPRow]]:
     """Parse ``AVVP_train.csv``, ``AVVP_val_pd.csv`` and ``AVVP_test_pd.csv``.
 
     The files are looked up in ``root`` then ``root/data/AVVP``. Returns
     ``{"train": rows, "val": rows, "test": rows}`` in file order; a class repeated on one line
     counts once (the real test CSV has one ``Clapping,Clapping``). Raises ``ValueError`` naming a
     missing file, or ``"<file>:<line>: <problem>"`` for a malformed line, an unknown class name or
-    a filename listed twice (within or across splits).
+    a filename listed twice (within or across splits); with ``problems`` such a line is reported
+    there and skipped.
     """
+    problems = problems or LineProblems(strict=True)
     folder = find_annotation_dir(root)
     seen: dict[str, str] = {}
     splits: dict[str, list[LLPRow]] = {}
     for split, name in AVVP_SPLIT_FILES.items():
         path = folder / name
         rows: list[LLPRow] = []
-        for line_no, (filename, labels_text) in _lines(path, SPLIT_HEADER):
-            _check_filename(path, line_no, filename)
-            where = f"{path.name}:{line_no}"
-            if filename in seen:
-                raise ValueError(
-                    f"{path}:{line_no}: filename {filename!r} is listed twice (also {seen[filename]})"
-                )
-            seen[filename] = where
-            rows.append(LLPRow(filename, _parse_labels(path, line_no, labels_text)))
+        for line_no, (filename, labels_text) in _lines(path, SPLIT_HEADER, problems):
+            try:
+                _check_filename(path, line_no, filename)
+                if filename in seen:
+                    raise ValueError(
+                        f"{path}:{line_no}: filename {filename!r} is listed twice (also {seen[filename]})"
+                    )
+                labels = _parse_labels(path, line_no, labels_text)
+            except ValueError as exc:
+                problems.add(str(exc))
+                continue
+            seen[filename] = f"{path.name}:{line_no}"
+            rows.append(LLPRow(filename, labels))
         splits[split] = rows
     return splits
 
 
-def _check_eval_file(path: Path) -> None:
-    """Validate every line of an eval CSV, so a bad row is reported with its file and line."""
-    for line_no, (filename, onset, offset, label) in _lines(path, EVAL_HEADER):
-        if not filename:
-            raise ValueError(f"{path}:{line_no}: empty filename")
+def _check_eval_file(path: Path, problems: LineProblems | None = None) -> set[int]:
+    """Validate every line of an eval CSV; returns the numbers of the lines to skip (each
+    reported with its file and line, or raised without ``problems``)."""
+    problems = problems or LineProblems(strict=True)
+    bad: set[int] = set()
+    rows = _lines(path, EVAL_HEADER, problems)
+    good = {line_no for line_no, _ in rows}
+    for line_no, (filename, onset, offset, label) in rows:
         try:
-            start, end = float(onset), float(offset)
-        except ValueError:
-            raise ValueError(
-                f"{path}:{line_no}: onset/offset must be seconds, got {onset!r}/{offset!r}"
-            ) from None
-        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0:
-            # A negative bound would slice from the end of the segment axis.
-            raise ValueError(f"{path}:{line_no}: onset/offset must be >= 0, got {onset!r}/{offset!r}")
-        if label not in AVVP_CLASSES:
-            raise ValueError(f"{path}:{line_no}: unknown class {label!r} (not one of the 25 AVVP classes)")
+            if not filename:
+                raise ValueError(f"{path}:{line_no}: empty filename")
+            try:
+                start, end = float(onset), float(offset)
+            except ValueError:
+                raise ValueError(
+                    f"{path}:{line_no}: onset/offset must be seconds, got {onset!r}/{offset!r}"
+                ) from None
+            if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0:
+                # A negative bound would slice from the end of the segment axis.
+                raise ValueError(f"{path}:{line_no}: onset/offset must be >= 0, got {onset!r}/{offset!r}")
+            if label not in AVVP_CLASSES:
+                raise ValueError(
+                    f"{path}:{line_no}: unknown class {label!r} (not one of the 25 AVVP classes)"
+                )
+        except ValueError as exc:
+            problems.add(str(exc))
+            bad.add(line_no)
+    # Lines _lines dropped (wrong field count, not UTF-8) are skipped too.
+    last = max(good | bad, default=1)
+    return bad | (set(range(2, last + 1)) - good)
 
 
 def read_llp_ground_truth(
-    annotation_dir: str | Path, filenames: Sequence[str], num_segments: int = AVVP_NUM_SEGMENTS
+    annotation_dir: str | Path,
+    filenames: Sequence[str],
+    num_segments: int = AVVP_NUM_SEGMENTS,
+    problems: LineProblems | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense segment ground truth ``(gt_audio, gt_visual)``, float32 ``[N, T, 25]`` each.
 
     Built by :func:`~dgsct_cli.tasks.avvp_metrics.read_avvp_ground_truth` (the evaluation's own
     reader) from ``AVVP_eval_audio.csv`` / ``AVVP_eval_visual.csv``, after checking that both exist
-    and every line is well formed.
+    and every line is well formed (a malformed line is reported to ``problems`` and skipped).
     """
     folder = Path(annotation_dir)
     paths = {kind: folder / name for kind, name in AVVP_EVAL_FILES.items()}
-    for path in paths.values():
+    skip: dict[str, set[int]] = {}
+    for kind, path in paths.items():
         if not path.is_file():
             raise ValueError(f"{folder}: missing {path.name} (needed for the val/test segment ground truth)")
-        _check_eval_file(path)
-    return read_avvp_ground_truth(paths["audio"], paths["visual"], list(filenames), num_segments=num_segments)
+        skip[kind] = _check_eval_file(path, problems)
+    return read_avvp_ground_truth(
+        paths["audio"], paths["visual"], list(filenames), num_segments=num_segments, skip_lines=skip
+    )
+
+
+def read_avvp_ground_truth(
+    eval_audio_csv: str | Path,
+    eval_visual_csv: str | Path,
+    filenames: Sequence[str],
+    class_names: Sequence[str] = AVVP_CLASSES,
+    num_segments: int = 10,
+    skip_lines: dict[str, set[int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense segment ground truth (gt_audio, gt_visual), each float32 [N, T, C] in `filenames` order.
+
+    Each row of the tab-separated files (header `filename onset offset event_labels`) sets
+    segments onset:offset (half-open slice, numpy semantics, so offset <= onset marks nothing).
+    Rows whose filename is not in `filenames` are ignored, as the release never looks them up;
+    ``skip_lines`` ({"audio"|"visual": line numbers}) names malformed lines to leave out.
+    """
+    index: dict[str, list[int]] = {}
+    for i, name in enumerate(filenames):
+        index.setdefault(name, []).append(i)
+    class_idx = {name: k for k, name in enumerate(class_names)}
+
+    def read(path: str | Path, skip: set[int]) -> np.ndarray:
+        gt = np.zeros((len(filenames), num_segments, len(class_names)), dtype=np.float32)
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            for row in reader:
+                if reader.line_num in skip:
+                    continue
+                rows = index.get(row["filename"])
+                if rows is None:
+                    continue
+                label = row["event_labels"].strip()
+                if label not in class_idx:
+                    raise ValueError(f"{path}: unknown class {label!r} for {row['filename']}")
+                onset, offset = int(float(row["onset"])), int(float(row["offset"]))
+                gt[rows, onset:offset, class_idx[label]] = 1.0
+        return gt
+
+    skip_lines = skip_lines or {}
+    return read(eval_audio_csv, skip_lines.get("audio", set())), read(
+        eval_visual_csv, skip_lines.get("visual", set())
+    )
 
 
 def multi_hot(labels: Sequence[str]) -> list[float]:
@@ -255,142 +338,6 @@ def _find_video_dir(root: Path, annotation_dir: Path, filenames: Sequence[str]) 
                 return folder
     # Nothing found anywhere: report the folder most likely meant (a video/ subfolder if any).
     return next((c for c in existing if c != root and c != annotation_dir), root)
-
-
-# --------------------------------------------------------------------------- R(2+1)D features
-
-
-def st_frame_indices(
-    num_frames: int,
-    fps: float,
-    num_segments: int = AVVP_NUM_SEGMENTS,
-    frames_per_segment: int = R2P1D_FRAMES_PER_SEGMENT,
-) -> np.ndarray:
-    """Frame indices ``[num_segments, frames_per_segment]``: evenly spaced inside each second.
-
-    Frame j of segment i is the one shown at ``i + (j + 0.5) / frames_per_segment`` seconds. A clip
-    shorter than ``num_segments`` seconds (or without a usable fps) spreads all indices evenly over
-    the frames it has, as :func:`~dgsct_cli.data.video.frame_indices` does.
-    """
-    if num_frames <= 0:
-        raise ValueError("the video has no frames")
-    if fps > 0 and math.isfinite(fps) and num_frames / fps >= num_segments:
-        times = (
-            np.arange(num_segments)[:, None]
-            + (np.arange(frames_per_segment)[None, :] + 0.5) / frames_per_segment
-        )
-        return np.minimum(np.floor(times * fps).astype(np.int64), num_frames - 1)
-    flat = np.round(np.linspace(0, num_frames - 1, num_segments * frames_per_segment)).astype(np.int64)
-    return flat.reshape(num_segments, frames_per_segment)
-
-
-def r2plus1d_inputs(frames: np.ndarray | torch.Tensor, size: int = R2P1D_SIZE) -> torch.Tensor:
-    """uint8 frames ``[S, F, H, W, 3]`` -> normalised network input float32 ``[S, 3, F, size, size]``.
-
-    Bilinear resize of the [0, 1] float frames (antialiased, as torchvision's video presets do
-    when shrinking), then the Kinetics mean/std.
-    """
-    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
-    if x.ndim != 5 or x.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames [S, F, H, W, 3], got shape {tuple(x.shape)}")
-    s, f, h, w, _ = x.shape
-    x = x.reshape(s * f, h, w, 3).permute(0, 3, 1, 2).float() / 255.0
-    if (h, w) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(KINETICS_STD).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x.reshape(s, f, 3, size, size).permute(0, 2, 1, 3, 4).contiguous()
-
-
-def load_r2plus1d_18(weights: str | Path) -> torch.nn.Module:
-    """torchvision ``r2plus1d_18`` with ``fc = Identity`` (512-d output), weights from a LOCAL file.
-
-    ``weights`` is a torchvision state dict (``fc.*`` keys are ignored; a ``state_dict`` wrapper
-    and a ``module.`` prefix are accepted). Nothing is ever downloaded. Raises ``ValueError`` when
-    the file is unreadable or is not an ``r2plus1d_18`` state dict.
-    """
-    from torchvision.models.video import r2plus1d_18
-
-    path = Path(weights)
-    if not path.is_file():
-        raise ValueError(f"{path}: r2plus1d_18 weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean "not a usable state dict"
-        raise ValueError(
-            f"{path}: cannot be read as a torch state dict ({type(exc).__name__}: {exc})"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict (parameter name -> tensor)")
-    cleaned = {}
-    for key, value in state.items():
-        key = key[len("module.") :] if key.startswith("module.") else key
-        if not key.startswith("fc."):  # the Kinetics classifier is replaced by Identity
-            cleaned[key] = value
-    model = r2plus1d_18(weights=None)  # weights=None: never download
-    model.fc = torch.nn.Identity()
-    try:
-        result = model.load_state_dict(cleaned, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not an r2plus1d_18 state dict ({str(exc).splitlines()[0]})") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: not an r2plus1d_18 state dict ({len(result.missing_keys)} missing keys, e.g. "
-            f"{result.missing_keys[:2]}; {len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:2]})"
-        )
-    return model.eval()
-
-
-@torch.inference_mode()
-def r2plus1d_segment_features(
-    model: torch.nn.Module, clips: torch.Tensor, batch_size: int = 10
-) -> np.ndarray:
-    """512-d features float32 ``[S, 512]`` of normalised clips ``[S, 3, F, 112, 112]``."""
-    outputs = [model(clips[i : i + batch_size]) for i in range(0, clips.shape[0], batch_size)]
-    return torch.cat(outputs).float().numpy()
-
-
-@functools.lru_cache(maxsize=1)  # per process: each decoding worker loads the net once
-def _cached_model(weights: str) -> torch.nn.Module:
-    return load_r2plus1d_18(weights)
-
-
-def _decode_st_frames(path: str, num_segments: int, frames_per_segment: int, size: int) -> torch.Tensor:
-    """Network input for every segment of ``path`` (decord), resized segment by segment so a
-    high-resolution video never holds all its frames at full size."""
-    decord, errors = quiet_decord()
-    try:
-        reader = decord.VideoReader(path, num_threads=1)
-        indices = st_frame_indices(len(reader), float(reader.get_avg_fps()), num_segments, frames_per_segment)
-        clips = []
-        for row in indices:
-            unique, inverse = np.unique(row, return_inverse=True)
-            frames = reader.get_batch(unique.tolist()).asnumpy()[inverse]
-            clips.append(r2plus1d_inputs(frames[None], size))
-        del reader
-    except errors as exc:
-        raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
-    return torch.cat(clips)
-
-
-def compute_video_st(
-    path: str,
-    weights: str,
-    num_segments: int = AVVP_NUM_SEGMENTS,
-    frames_per_segment: int = R2P1D_FRAMES_PER_SEGMENT,
-    size: int = R2P1D_SIZE,
-) -> np.ndarray:
-    """``video_st`` float32 ``[num_segments, 512]`` of the video file ``path`` with r2plus1d_18.
-
-    Runs in the decoding worker right after ``decode_clip`` (see ``ExtraArraySpec``). The file is
-    opened a second time there: the 80 frames (8 per second) are not the 10 mid-second frames
-    ``decode_clip`` reads, and the network, not the decoding, dominates the cost.
-    """
-    clips = _decode_st_frames(path, num_segments, frames_per_segment, size)
-    return r2plus1d_segment_features(_cached_model(weights), clips)
 
 
 def _sha256(path: Path) -> str:
@@ -481,6 +428,7 @@ def prepare_avvp(
     r2plus1d_weights: Path | None = None,
     progress: bool = True,
     console: Console | None = None,
+    strict: bool = False,
 ) -> PrepareSummary:
     """Decode the LLP videos under ``root`` into a prepared cache at ``out``, with ``video_st``.
 
@@ -495,10 +443,13 @@ def prepare_avvp(
     root, out = Path(root), Path(out)
     if features is not None and r2plus1d_weights is not None:
         raise ValueError("give either --features or --r2plus1d-weights, not both")
-    splits = read_llp_annotations(root)
+    problems = LineProblems(strict=strict)
+    splits = read_llp_annotations(root, problems)
     annotation_dir = find_annotation_dir(root)
     eval_rows = [row for split in ("val", "test") for row in splits[split]]
-    gt_audio, gt_visual = read_llp_ground_truth(annotation_dir, [row.filename for row in eval_rows])
+    gt_audio, gt_visual = read_llp_ground_truth(
+        annotation_dir, [row.filename for row in eval_rows], problems=problems
+    )
     gt_index = {row.filename: i for i, row in enumerate(eval_rows)}
 
     extras: tuple[ExtraArraySpec, ...] = ()
@@ -558,6 +509,7 @@ def prepare_avvp(
             skipped=skipped,
             seconds=time.monotonic() - started,
             details=details,
+            bad_lines=list(problems.messages),
         )
         write_prepare_report(out, root, summary, "avvp", {"videos_dir": str(video_dir)})
         raise_on_empty_split(

@@ -6,6 +6,7 @@ report file, prints it as a table and refuses a cache with an empty split.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from .cache import MANIFEST_NAME, atomic_write_json
+from .manifest import MANIFEST_NAME, write_if_changed
 
 __all__ = [
     "REPORT_NAME",
@@ -47,12 +48,17 @@ class PrepareSummary:
     seconds: float = 0.0
     # Dataset-specific facts worth a table row (e.g. where AVVP's 3-D features came from).
     details: dict[str, str] = field(default_factory=dict)
+    # Malformed annotation lines that were skipped: "<file>:<line>: <problem>".
+    bad_lines: list[str] = field(default_factory=list)
 
 
 def write_prepare_report(
     out: Path, root: Path, summary: PrepareSummary, dataset: str, extra: Mapping[str, Any] | None = None
 ) -> None:
-    """Write ``<out>/prepare_report.json``: per-split counts, video counts and every skipped video."""
+    """Write ``<out>/prepare_report.json``: per-split counts, video counts and every skipped video.
+
+    It describes the cache, not the run (how many videos this run decoded is in the printed
+    summary), so a re-run over a complete cache changes nothing and writes nothing."""
     report: dict[str, Any] = {
         "dataset": dataset,
         "root": str(root),
@@ -66,17 +72,18 @@ def write_prepare_report(
         },
         "videos": {
             "total": summary.videos,
-            "decoded_now": summary.decoded,
-            "reused": summary.reused,
+            "in_cache": summary.decoded + summary.reused,
             "skipped": len(summary.skipped),
         },
         "skipped": [asdict(s) for s in summary.skipped],
+        "bad_lines": list(summary.bad_lines),
     }
     if summary.details:
         report["details"] = dict(summary.details)
     if extra:
         report.update(extra)
-    atomic_write_json(out / REPORT_NAME, report)
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_if_changed(out / REPORT_NAME, text.encode("utf-8"))
 
 
 def raise_on_empty_split(summary: PrepareSummary, split_files: Mapping[str, Path], hint: str) -> None:
@@ -119,8 +126,12 @@ def summary_table(summary: PrepareSummary, max_skipped: int = 30) -> Table:
     table.add_row("decoded now", str(summary.decoded), "")
     table.add_row("reused", str(summary.reused), "already in the cache")
     table.add_row("skipped", str(len(summary.skipped)), "see prepare_report.json" if summary.skipped else "")
+    if summary.bad_lines:
+        table.add_row("bad annotation lines", str(len(summary.bad_lines)), "skipped; see prepare_report.json")
     for name, text in summary.details.items():
         table.add_row(escape(name), "", escape(text))
+    for message in summary.bad_lines[:max_skipped]:
+        table.add_row("[red]bad line[/red]", "", escape(message))
     if summary.skipped:
         table.add_section()
         for entry in summary.skipped[:max_skipped]:

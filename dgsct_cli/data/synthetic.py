@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_output
-from ..tasks.avvp_metrics import AVVP_CLASSES
 from .ave import AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
-from .avvp import AVVP_EVAL_FILES, AVVP_NUM_SEGMENTS, AVVP_SPLIT_FILES, VIDEO_ST_DIM
+from .avvp import AVVP_CLASSES, AVVP_EVAL_FILES, AVVP_NUM_SEGMENTS, AVVP_SPLIT_FILES, VIDEO_ST_DIM
 
 __all__ = [
     "AVE_CATEGORIES",
     "LLP_MODALITIES",
     "break_dataset",
     "class_tone_hz",
+    "synthetic_root",
     "write_synthetic_ave",
     "write_synthetic_llp",
 ]
@@ -442,4 +442,24 @@ def write_synthetic_llp(
         (root / name).write_text(
             "\n".join(["filename\tonset\toffset\tevent_labels", *eval_lines[kind]]) + "\n"
         )
+    return root
+
+
+def synthetic_root(
+    out: Path, root: Path | None, synthetic: bool, videos: int | None, write, name: str, console=None
+) -> Path:
+    """The raw dataset folder of a ``prepare`` run; with ``synthetic``, a synthetic dataset is
+    first written there (default ``<out>/raw``) by ``write(root, num_videos=...)``."""
+    from contextlib import nullcontext
+
+    if videos is not None and not synthetic:
+        raise ValueError("--videos only applies with --synthetic")
+    if root is None:
+        if not synthetic:
+            raise ValueError("--root is required (or pass --synthetic to generate a dataset)")
+        root = Path(out) / "raw"
+    if synthetic:
+        status = console.status(f"writing a synthetic {name} dataset to {root}") if console else nullcontext()
+        with status:
+            write(root, num_videos=videos if videos is not None else 24)
     return root

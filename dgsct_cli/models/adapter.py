@@ -14,37 +14,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema import Annotated, OneOf, Range
+
 
 @dataclass
 class AdapterSettings:
-    """Per-task adapter options (spec tasks-release.md section 0.2). Defaults are AVE's."""
+    """Per-task adapter options (the release's per-task variants are settings, not classes).
+    Defaults are AVE's."""
 
-    num_tokens: int = 32
-    token_init: str = "uniform"  # "uniform" (U[0,1)) or "zeros"
-    reduction: int = 8  # bottleneck reduction r
-    groups: int = 2  # groups of down_sampler / up_sampler
+    num_tokens: Annotated[int, Range(1)] = 32
+    token_init: Annotated[str, OneOf("uniform", "zeros")] = "uniform"  # U[0,1) or zeros
+    reduction: Annotated[int, Range(1)] = 8  # bottleneck reduction r
+    groups: Annotated[int, Range(1)] = 2  # groups of down_sampler / up_sampler
     use_bn: bool = True
     use_gate: bool = True  # output gate of the visual adapters (false: output added un-gated)
     audio_gate: bool | None = None  # output gate of the audio adapters; None = same as use_gate
     # How the guide tokens reach x's token count: "token_conv" (1x1 conv over tokens, then fc;
     # AVE/AVVP/AVQA/MS3) or "resize" (fc, then bicubic resize of the token grid; AVS-S4).
-    guide_projection: str = "token_conv"
+    guide_projection: Annotated[str, OneOf("token_conv", "resize")] = "token_conv"
     gate_tk: bool = True  # the release's unused `gate_tk` parameter (kept so checkpoints match)
     ln_before: bool = True
     gate_before_ln_post: bool = False  # AVS order: gate * out, then ln_post
     alpha: float = 0.3
     beta: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.guide_projection not in ("token_conv", "resize"):
-            raise ValueError(
-                f"guide_projection must be 'token_conv' or 'resize', got {self.guide_projection!r}"
-            )
-        if self.token_init not in ("uniform", "zeros"):
-            raise ValueError(f"token_init must be 'uniform' or 'zeros', got {self.token_init!r}")
-        for name in ("num_tokens", "reduction", "groups"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    # The few-shot variant's per-segment temporal gate: sigmoid(Linear(C -> 1)) of the guide's
+    # mean token adds gamma * gate to the modulation (few-shot nets/net_trans.py:534-549).
+    temporal_gate: bool = False
+    gamma: float = 0.0
 
 
 class DGSCTAdapter(nn.Module):
@@ -102,6 +98,7 @@ class DGSCTAdapter(nn.Module):
         self.bn2 = nn.BatchNorm1d(c) if s.use_bn else None
         self.ln_before = nn.LayerNorm(c) if s.ln_before else None
         self.ln_post = nn.LayerNorm(c)
+        self.temporal_gated = nn.Sequential(nn.Linear(c, 1), nn.Sigmoid()) if s.temporal_gate else None
 
     # -- helpers -----------------------------------------------------------------------------
     def project_guide(self, y: torch.Tensor) -> torch.Tensor:
@@ -174,8 +171,11 @@ class DGSCTAdapter(nn.Module):
         )  # [N, L, 1]
         spatial_map = torch.softmax(torch.tanh(spatial), dim=1).transpose(1, 2)  # [N, 1, L]
 
-        # 4. the release re-weights x (not x_channel) with both attentions
-        x = x * (s.alpha * channel + s.beta * torch.sigmoid(spatial) + 1 - s.alpha)
+        # 4. the release re-weights x (not x_channel) with both attentions (and the temporal gate)
+        factor = s.alpha * channel + s.beta * torch.sigmoid(spatial) + 1 - s.alpha
+        if self.temporal_gated is not None:
+            factor = factor + s.gamma * self.temporal_gated(guide_mean)  # [N, 1, 1]
+        x = x * factor
 
         # 5. bottleneck
         if self.ln_before is not None:

@@ -1,45 +1,80 @@
-"""The DG-SCT model: dual encoder with adapters (shared by every task) + a task head."""
+"""The DG-SCT model: a dual encoder with adapters (shared by every task) + a task head."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..schema import Annotated, OneOf, Range, build_dataclass
 from .adapter import AdapterSettings
 from .dual import DualEncoder
-from .encoders.audio import AudioConfig, create_audio_encoder
-from .encoders.visual import VisualConfig, create_visual_encoder
+from .encoders.base import get_family
+from .output import EncoderNeeds, EncoderOutput
+
+__all__ = ["DGSCTModel", "ModelConfig", "build_dual_encoder", "resolve_family_sections"]
 
 
 @dataclass
 class ModelConfig:
-    """Recipe section ``model``. ``head`` is validated by the task's own head config."""
+    """Recipe section ``model``. ``visual``, ``audio`` and ``text`` are typed by the encoder family
+    (``family``), ``head`` by the task; :func:`resolve_family_sections` fills and checks them."""
 
-    visual: VisualConfig = field(default_factory=VisualConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    family: str = "swinv2-htsat"
+    visual: Any = None
+    audio: Any = None
+    text: Any = None
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
-    head: dict[str, Any] = field(default_factory=dict)
-    num_segments: int = 10
+    head: Any = None
+    num_segments: Annotated[int, Range(1)] = 10
     # The release trains with the frozen encoders in train mode (SpecAugment, batch-stat bn0,
     # stochastic depth); false holds them in eval mode.
     encoders_train_mode: bool = True
-    # Activation checkpointing of the frozen encoder blocks: "auto" = on when the visual encoder
-    # is the full-size one, where stored activations dominate memory.
-    recompute: str = "auto"
+    # Activation checkpointing of the frozen encoder blocks and the adapters: "auto" = on when the
+    # visual tower is as deep as the full-size one, where stored activations dominate memory.
+    recompute: Annotated[str, OneOf("auto", "on", "off")] = "auto"
 
-    def __post_init__(self) -> None:
-        if self.recompute not in ("auto", "on", "off"):
-            raise ValueError(f"recompute must be 'auto', 'on' or 'off', got {self.recompute!r}")
+
+def resolve_family_sections(cfg: ModelConfig, where: str = "recipe") -> ModelConfig:
+    """Build ``visual``/``audio``/``text`` into the family's config types (defaults when absent)."""
+    try:
+        family = get_family(cfg.family)
+    except ValueError as exc:
+        raise ValueError(f"{where}: model.family: {exc}") from None
+    for section, cls in (
+        ("visual", family.visual_config),
+        ("audio", family.audio_config),
+        ("text", family.text_config),
+    ):
+        value = getattr(cfg, section)
+        if cls is None:
+            if value not in (None, {}):
+                raise ValueError(f"{where}: model.{section}: the {family.name} family has no {section} tower")
+            continue
+        if not isinstance(value, cls):
+            setattr(cfg, section, build_dataclass(cls, value, f"model.{section}", where))
+    return cfg
+
+
+def build_dual_encoder(cfg: ModelConfig, load_weights: bool = True) -> DualEncoder:
+    """The family's towers (weights read from the files the config names unless told not to)."""
+    cfg = resolve_family_sections(cfg)
+    family = get_family(cfg.family)
+    towers = family.build(cfg.visual, cfg.audio, cfg.text, load_weights)
+    depth = sum(g.depth for g in towers.visual_view.geometry)
+    recompute = cfg.recompute == "on" or (cfg.recompute == "auto" and depth >= family.recompute_auto_blocks)
+    return DualEncoder(family, towers, cfg.adapter, recompute=recompute)
 
 
 class DGSCTModel(nn.Module):
-    """``model(frames=[B, T, 3, H, W], audio=[B, T, L], **head_inputs)`` -> dict of outputs.
+    """``model(frames=[B, T, 3, H, W], audio=[B, T, L], **inputs)`` -> dict of outputs.
 
-    Every output dict carries ``visual_features [B, T, Cv]`` and ``audio_features [B, T, Ca]``
-    (the pooled encoder outputs that enter the head) besides the head's own outputs.
+    The head reads an :class:`EncoderOutput` (and the other inputs); what it needs beyond the
+    pooled features it declares in ``encoder_needs``. Every output dict also carries
+    ``visual_features [B, T, Cv]`` and ``audio_features [B, T, Ca]``, the pooled features.
     """
 
     def __init__(self, cfg: ModelConfig, encoder: DualEncoder, head: nn.Module, task: str) -> None:
@@ -49,10 +84,19 @@ class DGSCTModel(nn.Module):
         self.encoder = encoder
         self.head = head
 
+    @property
+    def needs(self) -> EncoderNeeds:
+        return getattr(self.head, "encoder_needs", EncoderNeeds())
+
     # -- parameters ----------------------------------------------------------------------------
-    def freeze_encoders(self) -> None:
-        self.encoder.visual.requires_grad_(False)
-        self.encoder.audio.requires_grad_(False)
+    def set_trainable(self, is_trainable: Callable[[str], bool]) -> list[str]:
+        """``requires_grad`` from a predicate on parameter names; returns the trainable names."""
+        names = []
+        for name, p in self.named_parameters():
+            p.requires_grad_(is_trainable(name))
+            if p.requires_grad:
+                names.append(name)
+        return names
 
     def parameter_counts(self) -> dict[str, int]:
         adapters = sum(p.numel() for m in self.encoder.adapter_modules() for p in m.parameters())
@@ -68,8 +112,9 @@ class DGSCTModel(nn.Module):
     def train(self, mode: bool = True) -> DGSCTModel:
         super().train(mode)
         if mode and not self.cfg.encoders_train_mode:
-            self.encoder.visual.eval()
-            self.encoder.audio.eval()
+            for module in (self.encoder.visual, self.encoder.audio, self.encoder.text):
+                if module is not None:
+                    module.eval()
         return self
 
     # -- forward -------------------------------------------------------------------------------
@@ -77,17 +122,23 @@ class DGSCTModel(nn.Module):
         s = self.cfg.visual.img_size
         return f"[B, {self.cfg.num_segments}, 3, {s}, {s}]"
 
-    def check_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
+    def check_frames(self, frames: torch.Tensor, name: str = "frames") -> None:
         t, s = self.cfg.num_segments, self.cfg.visual.img_size
         if frames.dim() != 5 or tuple(frames.shape[1:]) != (t, 3, s, s):
-            raise ValueError(f"frames: expected {self.expected_frames_shape()}, got {list(frames.shape)}")
+            raise ValueError(f"{name}: expected {self.expected_frames_shape()}, got {list(frames.shape)}")
+
+    def check_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
+        t = self.cfg.num_segments
+        self.check_frames(frames)
         if audio.dim() != 3 or audio.shape[1] != t:
             raise ValueError(
-                f"audio: expected [B, {t}, samples] ({t} segments, each tiled to 10 s), got {list(audio.shape)}"
+                f"audio: expected [B, {t}, samples] ({t} segments, each tiled), got {list(audio.shape)}"
             )
         if audio.shape[0] != frames.shape[0]:
             raise ValueError(f"audio batch {audio.shape[0]} != frames batch {frames.shape[0]}")
-        self.encoder.audio.check_length(audio.shape[-1])
+        check_length = getattr(self.encoder.audio, "check_length", None)
+        if check_length is not None:
+            check_length(audio.shape[-1])
 
     def encode(
         self,
@@ -95,33 +146,38 @@ class DGSCTModel(nn.Module):
         audio: torch.Tensor,
         mix_lambda: torch.Tensor | None = None,
         use_adapters: bool = True,
-    ) -> dict[str, torch.Tensor]:
-        """Pooled per-segment features ``visual [B, T, Cv]`` and ``audio [B, T, Ca]``."""
+        needs: EncoderNeeds | None = None,
+    ) -> EncoderOutput:
+        """Encoder output with pooled ``visual [B, T, Cv]`` and ``audio [B, T, Ca]``."""
         self.check_inputs(frames, audio)
         b, t = frames.shape[:2]
-        feats = self.encoder(
-            frames.flatten(0, 1), audio.flatten(0, 1), mix_lambda=mix_lambda, use_adapters=use_adapters
+        out = self.encoder(
+            frames.flatten(0, 1),
+            audio.flatten(0, 1),
+            mix_lambda=mix_lambda,
+            use_adapters=use_adapters,
+            needs=needs,
         )
-        return {"visual": feats["visual"].view(b, t, -1), "audio": feats["audio"].view(b, t, -1)}
+        out.visual, out.audio = out.visual.view(b, t, -1), out.audio.view(b, t, -1)
+        return out
+
+    def encode_plain(self, frames: torch.Tensor, name: str = "frames") -> torch.Tensor:
+        """Adapter-free visual token maps ``[B * T, L, C]`` of ``frames [B, T, 3, H, W]``."""
+        self.check_frames(frames, name)
+        return self.encoder.encode_plain_visual(frames.flatten(0, 1))
 
     def forward(
         self,
         frames: torch.Tensor,
         audio: torch.Tensor,
         mix_lambda: torch.Tensor | None = None,
-        **head_inputs: torch.Tensor,
+        **inputs: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        feats = self.encode(frames, audio, mix_lambda)
-        out = self.head(feats["visual"], feats["audio"], **head_inputs)
-        out["visual_features"] = feats["visual"]
-        out["audio_features"] = feats["audio"]
+        needs = self.needs
+        feats = self.encode(frames, audio, mix_lambda, needs=needs)
+        for name in needs.plain_visual_inputs:
+            inputs[name] = self.encode_plain(inputs[name], name)
+        out = self.head(feats, **inputs)
+        out["visual_features"] = feats.visual
+        out["audio_features"] = feats.audio
         return out
-
-
-def build_dual_encoder(cfg: ModelConfig) -> DualEncoder:
-    visual = create_visual_encoder(cfg.visual)
-    audio = create_audio_encoder(cfg.audio)
-    recompute = cfg.recompute == "on" or (
-        cfg.recompute == "auto" and sum(len(s.blocks) for s in visual.layers) >= 24
-    )
-    return DualEncoder(visual, audio, cfg.adapter, recompute=recompute)

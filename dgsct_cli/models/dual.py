@@ -1,64 +1,37 @@
-"""The dual-encoder walker: runs two hierarchical encoders side by side and inserts DG-SCT adapters.
+"""The dual-encoder walker: runs two encoders side by side and inserts DG-SCT adapters.
 
-Blocks are paired stage by stage from the stage depths (spec dgsct-core.md section 3): in a stage
-where one encoder has ``r`` times the blocks of the other, block ``r*k + r - 1`` of the deeper one
-pairs with block ``k`` of the shallower one; other blocks run plainly. Each pair gets four adapters
-(p1 before the visual attention half, p2 before the visual MLP half, for each direction).
+The walker knows no encoder: an encoder family (``models/encoders``) gives it two towers (embed,
+stages of blocks, finish), the block pairs in walking order, the step that runs one pair with its
+four adapters (p1 and p2, each direction), and the pooling. Between pairs each tower runs its
+unpaired blocks and its stage transitions on its own. Adapter names follow the release
+(``audio_adapter_blocks_p1`` ...), so release checkpoints map one to one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import replace
 
 import torch
-from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .adapter import AdapterSettings, DGSCTAdapter
-from .encoders.audio import HTSAT
+from .encoders.base import BlockPair, EncoderFamily, Tower, TowerSet
+from .output import EncoderNeeds, EncoderOutput
+
+__all__ = ["DualEncoder"]
+
+_ADAPTER_LISTS = {
+    "audio_p1": "audio_adapter_blocks_p1",
+    "visual_p1": "vis_adapter_blocks_p1",
+    "audio_p2": "audio_adapter_blocks_p2",
+    "visual_p2": "vis_adapter_blocks_p2",
+}
 
 
-@dataclass(frozen=True)
-class BlockPair:
-    stage: int
-    visual_block: int
-    audio_block: int
-
-
-def pair_blocks(visual_depths: list[int], audio_depths: list[int]) -> list[BlockPair]:
-    """Pairs of (visual, audio) blocks, stage by stage, derived from the depths."""
-    if len(visual_depths) != len(audio_depths):
-        raise ValueError(
-            f"the encoders have {len(visual_depths)} and {len(audio_depths)} stages; they must match"
-        )
-    pairs = []
-    for stage, (dv, da) in enumerate(zip(visual_depths, audio_depths)):
-        deep, shallow = max(dv, da), min(dv, da)
-        if shallow == 0 or deep % shallow:
-            raise ValueError(
-                f"stage {stage + 1}: depths {dv} (visual) and {da} (audio) cannot be paired; "
-                "the deeper stage must be a multiple of the shallower one"
-            )
-        r = deep // shallow
-        for k in range(shallow):
-            j = r * k + r - 1
-            pairs.append(BlockPair(stage, j if dv >= da else k, k if dv >= da else j))
-    return pairs
-
-
-def _v2_attn_half(block: SwinTransformerV2Block, x: torch.Tensor) -> torch.Tensor:
-    """``drop_path(norm1(attn(x)))`` of a res-post-norm Swin-V2 block, NHWC in and out."""
-    return block.drop_path1(block.norm1(block._attn(x)))
-
-
-def _v2_mlp_half(block: SwinTransformerV2Block, x: torch.Tensor) -> torch.Tensor:
-    return block.drop_path2(block.norm2(block.mlp(x)))
-
-
-def _run(fn, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+def _run(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, recompute: bool) -> torch.Tensor:
     """``fn(x)``, with activation checkpointing when asked and something upstream needs gradients."""
     if recompute and torch.is_grad_enabled() and x.requires_grad:
         return checkpoint(fn, x, use_reentrant=False)
@@ -100,35 +73,68 @@ def _adapt(adapter: DGSCTAdapter, x: torch.Tensor, y: torch.Tensor, recompute: b
     return checkpoint(fn, x, y, use_reentrant=False)
 
 
-class DualEncoder(nn.Module):
-    """Swin-V2 (visual) + HTS-AT (audio) with 4 adapters per block pair.
+class _Cursor:
+    """Where one tower is in its walk: the next block to run, the tokens, and the stage taps."""
 
-    ``forward(frames [N, 3, H, W], wave [N, samples])`` returns pooled features
-    ``visual [N, C_v]`` and ``audio [N, C_a]`` (spatial-attention pooling with the last p2 maps).
+    def __init__(self, view: Tower, x: torch.Tensor, run, tap: list[torch.Tensor] | None) -> None:
+        self.view, self.x, self.run, self.tap = view, x, run, tap
+        self.stage, self.block, self.entered = 0, 0, -1
+        self.depths = [g.depth for g in view.geometry]
+
+    def _enter(self) -> None:
+        while self.entered < self.stage < len(self.depths):
+            self.entered += 1
+            self.x = self.view.enter(self.entered, self.x)
+
+    def _after_block(self) -> None:
+        self.block += 1
+        if self.block == self.depths[self.stage]:
+            if self.tap is not None:  # after the stage's blocks, before the next stage's merging
+                self.tap.append(self.view.tokens(self.x))
+            self.stage, self.block = self.stage + 1, 0
+
+    def run_until(self, stage: int, block: int) -> None:
+        """Run every block before ``(stage, block)`` and enter that stage."""
+        while (self.stage, self.block) < (stage, block):
+            self._enter()
+            self.x = self.run(self.view.blocks(self.stage)[self.block], self.x)
+            self._after_block()
+        self._enter()
+
+    def current_block(self) -> nn.Module:
+        return self.view.blocks(self.stage)[self.block]
+
+    def finish(self) -> torch.Tensor:
+        self.run_until(len(self.depths), 0)
+        return self.x
+
+
+class DualEncoder(nn.Module):
+    """Two towers of an encoder family with 4 adapters per block pair.
+
+    ``forward(frames [N, 3, H, W], wave [N, samples])`` returns an :class:`EncoderOutput` with
+    pooled ``visual [N, Cv]`` and ``audio [N, Ca]`` (and what ``needs`` asks for).
     """
 
     def __init__(
         self,
-        visual: SwinTransformerV2,
-        audio: HTSAT,
+        family: EncoderFamily,
+        towers: TowerSet,
         settings: AdapterSettings | None = None,
         recompute: bool = False,
     ) -> None:
         super().__init__()
-        self.visual = visual
-        self.audio = audio
+        self.family = family
+        self.visual = towers.visual
+        self.audio = towers.audio
+        for name, module in towers.extras.items():
+            self.add_module(name, module)
+        self.text = nn.ModuleDict(towers.text) if towers.text else None
+        self.views = (towers.visual_view, towers.audio_view)
         self.settings = settings or AdapterSettings()
         self.recompute = recompute
-        v_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in visual.layers]
-        a_geom = [(s.blocks[0].dim, s.output_resolution, len(s.blocks)) for s in audio.layers]
-        self.pairs = pair_blocks([g[2] for g in v_geom], [g[2] for g in a_geom])
-        # Per stage: paired visual block -> (adapter index, audio block), looked up by every forward.
-        self.pairs_by_stage: dict[int, dict[int, tuple[int, int]]] = {}
-        for i, p in enumerate(self.pairs):
-            self.pairs_by_stage.setdefault(p.stage, {})[p.visual_block] = (i, p.audio_block)
-
-        def tokens(res: tuple[int, int]) -> int:
-            return res[0] * res[1]
+        v_geom, a_geom = towers.visual_view.geometry, towers.audio_view.geometry
+        self.pairs: list[BlockPair] = family.pair_blocks([g.depth for g in v_geom], [g.depth for g in a_geom])
 
         s = self.settings
         audio_settings = s if s.audio_gate is None else replace(s, use_gate=s.audio_gate, audio_gate=None)
@@ -136,11 +142,11 @@ class DualEncoder(nn.Module):
         def adapters(direction: str) -> nn.ModuleList:
             mods = []
             for p in self.pairs:
-                (cv, rv, _), (ca, ra, _) = v_geom[p.stage], a_geom[p.stage]
+                v, a = v_geom[p.visual_stage], a_geom[p.audio_stage]
                 if direction == "visual":
-                    mods.append(DGSCTAdapter(cv, tokens(rv), ca, tokens(ra), s))
+                    mods.append(DGSCTAdapter(v.channels, v.tokens, a.channels, a.tokens, s))
                 else:
-                    mods.append(DGSCTAdapter(ca, tokens(ra), cv, tokens(rv), audio_settings))
+                    mods.append(DGSCTAdapter(a.channels, a.tokens, v.channels, v.tokens, audio_settings))
             return nn.ModuleList(mods)
 
         # Names follow the release so its checkpoints map one to one.
@@ -148,75 +154,63 @@ class DualEncoder(nn.Module):
         self.vis_adapter_blocks_p1 = adapters("visual")
         self.audio_adapter_blocks_p2 = adapters("audio")
         self.vis_adapter_blocks_p2 = adapters("visual")
-        self.visual_dim = v_geom[-1][0]
-        self.audio_dim = a_geom[-1][0]
+        self.visual_stage_dims = [g.channels for g in v_geom]
+        self.visual_dim, self.audio_dim = towers.pooled_dims or (v_geom[-1].channels, a_geom[-1].channels)
 
     def adapter_modules(self) -> list[nn.ModuleList]:
-        return [
-            self.audio_adapter_blocks_p1,
-            self.vis_adapter_blocks_p1,
-            self.audio_adapter_blocks_p2,
-            self.vis_adapter_blocks_p2,
-        ]
+        return [getattr(self, name) for name in _ADAPTER_LISTS.values()]
 
-    def _paired_step(
-        self, i: int, v_block: SwinTransformerV2Block, a_block: nn.Module, v: torch.Tensor, a: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        n, h, w, cv = v.shape
-        _, ha, wa, ca = a.shape
-        vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
-        rc = self.recompute
-        ra, _ = _adapt(self.audio_adapter_blocks_p1[i], at, vt, rc)
-        rv, _ = _adapt(self.vis_adapter_blocks_p1[i], vt, at, rc)
-        v = v + _run(partial(_v2_attn_half, v_block), v, self.recompute) + rv.view(n, h, w, cv)
-        a = _run(a_block, a, self.recompute) + ra.view(n, ha, wa, ca)
-        vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
-        ra, map_a = _adapt(self.audio_adapter_blocks_p2[i], at, vt, rc)
-        rv, map_v = _adapt(self.vis_adapter_blocks_p2[i], vt, at, rc)
-        v = v + _run(partial(_v2_mlp_half, v_block), v, self.recompute) + rv.view(n, h, w, cv)
-        a = a + ra.view(n, ha, wa, ca)
-        return v, a, map_v, map_a
+    # -- what a family's paired step calls -------------------------------------------------------
+    def adapt(self, kind: str, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter ``kind`` (audio_p1, visual_p1, audio_p2, visual_p2) of pair ``i`` on tokens
+        ``x [N, L, C]`` guided by ``y [N, L', C']``: ``(residual [N, L, C], spatial map [N, 1, L])``."""
+        return _adapt(getattr(self, _ADAPTER_LISTS[kind])[i], x, y, self.recompute)
 
+    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """A frozen block (or half block), recomputed in backward when recompute is on."""
+        return _run(fn, x, self.recompute)
+
+    # -- forward -------------------------------------------------------------------------------
     def forward(
         self,
         frames: torch.Tensor,
         wave: torch.Tensor,
         mix_lambda: torch.Tensor | None = None,
         use_adapters: bool = True,
-    ) -> dict[str, torch.Tensor]:
-        v = self.visual.patch_embed(frames)
-        a = self.audio.embed(wave, mix_lambda)
-        if not use_adapters:
-            return self._plain(v, a)
+        needs: EncoderNeeds | None = None,
+    ) -> EncoderOutput:
+        needs = needs or EncoderNeeds()
+        v_view, a_view = self.views
+        taps: list[torch.Tensor] | None = [] if needs.visual_stages else None
+        v = _Cursor(v_view, v_view.embed(frames), self.run, taps)
+        a = _Cursor(a_view, a_view.embed(wave, mix_lambda), self.run, None)
         map_v = map_a = None
-        for stage, (v_stage, a_stage) in enumerate(zip(self.visual.layers, self.audio.layers)):
-            v = v_stage.downsample(v)
-            a = a_stage.downsample(a)
-            paired = self.pairs_by_stage.get(stage, {})
-            a_next = 0
-            for j, v_block in enumerate(v_stage.blocks):
-                if j not in paired:
-                    v = _run(v_block, v, self.recompute)
-                    continue
-                i, a_j = paired[j]
-                # Audio blocks the pairing skips (a deeper audio stage) run plainly before their pair;
-                # pairs increase in both encoders, so none of them is paired.
-                for k in range(a_next, a_j):
-                    a = _run(a_stage.blocks[k], a, self.recompute)
-                v, a, map_v, map_a = self._paired_step(i, v_block, a_stage.blocks[a_j], v, a)
-                a_next = a_j + 1
-            for k in range(a_next, len(a_stage.blocks)):
-                a = _run(a_stage.blocks[k], a, self.recompute)
-        v = self.visual.norm(v)
-        n = v.shape[0]
-        pooled_v = torch.bmm(map_v, v.reshape(n, -1, v.shape[-1])).squeeze(1)
-        pooled_a = torch.bmm(map_a, a.reshape(n, -1, a.shape[-1])).squeeze(1)
-        return {"visual": pooled_v, "audio": pooled_a}
+        if use_adapters:
+            for i, p in enumerate(self.pairs):
+                v.run_until(p.visual_stage, p.visual_block)
+                a.run_until(p.audio_stage, p.audio_block)
+                v.x, a.x, map_v, map_a = self.family.paired_step(
+                    self, i, v.current_block(), a.current_block(), v.x, a.x
+                )
+                v._after_block()
+                a._after_block()
+        v_out = v_view.finish(v.finish())
+        a_out = a_view.finish(a.finish())
+        if taps is not None:
+            taps[-1] = v_view.tokens(v_out)  # the last stage's map is taken after the final norm
+        pool = self.family.pool if use_adapters else self.family.pool_plain
+        pooled_v, pooled_a = pool(self, v_out, a_out, map_v, map_a)
+        return EncoderOutput(
+            visual=pooled_v,
+            audio=pooled_a,
+            visual_map=map_v,
+            audio_map=map_a,
+            visual_stages=taps,
+            visual_tokens=v_view.tokens(v_out) if needs.visual_tokens else None,
+        )
 
-    def _plain(self, v: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The frozen encoders' own features (mean-pooled), for comparisons such as t-SNE."""
-        for v_stage, a_stage in zip(self.visual.layers, self.audio.layers):
-            v = v_stage(v)
-            a = a_stage(a)
-        v = self.visual.norm(v)
-        return {"visual": v.flatten(1, 2).mean(1), "audio": a.flatten(1, 2).mean(1)}
+    def encode_plain_visual(self, frames: torch.Tensor) -> torch.Tensor:
+        """The visual tower alone, no adapters, no audio: final normalised tokens ``[N, L, C]``."""
+        v_view = self.views[0]
+        cursor = _Cursor(v_view, v_view.embed(frames), self.run, None)
+        return v_view.tokens(v_view.finish(cursor.finish()))

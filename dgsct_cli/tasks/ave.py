@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import typer
+from rich.console import Console
 from rich.table import Table
 
-from ..data.cache import label_names
+from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
-from .base import Task, register_task
+from ..schema import Annotated, OneOf
+from .base import ReleaseLayout, Task, register_task
 
 
 @dataclass
@@ -20,11 +24,7 @@ class AVELossConfig:
 
     # "release": BCE-with-logits applied to av_gate, which is already a probability (the release's
     # quirk, the default so published runs reproduce); "bce": plain BCE on the probability.
-    gate_loss: str = "release"
-
-    def __post_init__(self) -> None:
-        if self.gate_loss not in ("release", "bce"):
-            raise ValueError(f"gate_loss must be 'release' or 'bce', got {self.gate_loss!r}")
+    gate_loss: Annotated[str, OneOf("release", "bce")] = "release"
 
 
 def ave_targets(batch: dict[str, Any], background: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,21 +124,87 @@ def ave_metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-AVE = register_task(
-    Task(
-        name="ave",
-        description="audio-visual event localisation (AVE, 28 classes, 10 one-second segments)",
-        head_config=AVEHeadConfig,
-        loss_config=AVELossConfig,
-        build_head=lambda visual_dim, audio_dim, cfg: AVEHead(visual_dim, audio_dim, cfg),
-        loss=ave_total_loss,
-        make_evaluator=AVEEvaluator,
-        batch_accuracy=segment_accuracy_counts,
-        selection_metric="accuracy",
-        metrics_table=ave_metrics_table,
-        segment_labels=lambda batch: batch["segment_labels"],
-        target_keys=("segment_labels", "event_label"),
-        unused_release_keys=AVE_UNUSED_RELEASE_KEYS,
-        release_marker="CMBS.localize_module.classifier.weight",
+def prepare_ave_command(
+    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        help="AVE root: Annotations.txt, trainSet/valSet/testSet.txt and AVE/<VideoID>.mp4. "
+        "With --synthetic it defaults to <out>/raw.",
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes."),
+    image_size: int = typer.Option(192, "--image-size", min=8, help="Frame side length in the cache."),
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Write a small synthetic AVE dataset to --root first, then prepare it."
+    ),
+    videos: int | None = typer.Option(
+        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+):
+    """Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."""
+    from ..data.ave import prepare_ave
+    from ..data.synthetic import synthetic_root, write_synthetic_ave
+
+    root = synthetic_root(out, root, synthetic, videos, write_synthetic_ave, "AVE", console)
+    return prepare_ave(
+        root, out, workers=workers, image_size=image_size, progress=progress, console=console, strict=strict
     )
-)
+
+
+class AVETask(Task):
+    name = "ave"
+    description = "audio-visual event localisation (AVE, 28 classes, 10 one-second segments)"
+    head_config = AVEHeadConfig
+    loss_config = AVELossConfig
+    datasets = ("ave",)
+    default_num_classes = 28
+    selection_metric = "accuracy"
+    release = ReleaseLayout(
+        marker="CMBS.localize_module.classifier.weight", unused_keys=AVE_UNUSED_RELEASE_KEYS
+    )
+    recipe = "ave"
+    prepare_name = "ave"
+    prepare_help = "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."
+
+    def build_head(self, visual_dim, audio_dim, cfg, model_cfg):
+        return AVEHead(visual_dim, audio_dim, cfg)
+
+    def loss(self, outputs, batch, cfg):
+        return ave_total_loss(outputs, batch, cfg)
+
+    def batch_accuracy(self, outputs, batch):
+        return segment_accuracy_counts(outputs, batch)
+
+    def make_evaluator(self, dataset):
+        return AVEEvaluator(dataset.class_names, dataset.background_index)
+
+    def metrics_table(self, metrics):
+        return ave_metrics_table(metrics)
+
+    def segment_labels(self, batch):
+        return batch["segment_labels"]
+
+    def write_synthetic(self, out, videos, image_size, progress, console):
+        from ..data.ave import prepare_ave
+        from ..data.synthetic import write_synthetic_ave
+
+        write_synthetic_ave(out / "raw", num_videos=videos)
+        prepare_ave(out / "raw", out, workers=2, image_size=image_size, progress=progress, console=console)
+
+    def prepare_command(self):
+        return prepare_ave_command
+
+    def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
+        batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)
+        c, t = model_cfg.head.num_classes, model_cfg.num_segments
+        # Per-segment class with background = num_classes, and the clip's event class.
+        batch["segment_labels"] = torch.randint(0, c + 1, (batch_size, t), generator=generator)
+        batch["event_label"] = torch.randint(0, c, (batch_size, 1), generator=generator)
+        return batch
+
+
+AVE = register_task(AVETask())

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import typer
+from rich.console import Console
 from rich.table import Table
 
 from ..models.heads.mgn import (
@@ -13,8 +16,9 @@ from ..models.heads.mgn import (
     MGNHead,
     avvp_loss,
 )
+from ..schema import Annotated, OneOf, Range
 from .avvp_metrics import AVVP_CLASSES, SCORE_KEYS, format_parsing_table, parsing_scores
-from .base import Task, register_task
+from .base import ReleaseLayout, Task, register_task
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
 
@@ -23,34 +27,31 @@ __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
 class AVVPHeadConfig:
     """Recipe section ``model.head`` for AVVP (the MGN head, release values by default)."""
 
-    num_classes: int = 25
-    st_dim: int = 512  # R(2+1)D-18 3-D visual features
-    dim: int = 128
-    temporal_dim: int = 64
-    temporal_heads: int = 4
-    temporal_ff_dim: int = 1024
+    # None: the prepared data's class count (LLP's 25); a number pins it.
+    num_classes: Annotated[int, Range(1)] | None = None
+    st_dim: Annotated[int, Range(1)] = 512  # R(2+1)D-18 3-D visual features
+    dim: Annotated[int, Range(1)] = 128
+    temporal_dim: Annotated[int, Range(1)] = 64
+    temporal_heads: Annotated[int, Range(1)] = 4
+    temporal_ff_dim: Annotated[int, Range(1)] = 1024
     temporal_scale: float = 0.05
-    num_heads: int = 8
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.1
-    unimodal_depth: int = 3
-    crossmodal_depth: int = 6
-    unimodal_assign: str = "soft"
-    crossmodal_assign: str = "soft"
+    num_heads: Annotated[int, Range(1)] = 8
+    mlp_ratio: Annotated[float, Range(0, open_low=True)] = 4.0
+    drop_path: Annotated[float, Range(0, 1, open_high=True)] = 0.1
+    unimodal_depth: Annotated[int, Range(0)] = 3
+    crossmodal_depth: Annotated[int, Range(0)] = 6
+    unimodal_assign: Annotated[str, OneOf("soft", "hard")] = "soft"
+    crossmodal_assign: Annotated[str, OneOf("soft", "hard")] = "soft"
     # The release discards the gated audio stream (quirk); true feeds it to the audio grouping.
     gated_audio: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("unimodal_assign", "crossmodal_assign"):
-            if getattr(self, name) not in ("soft", "hard"):
-                raise ValueError(f"{name} must be 'soft' or 'hard'")
 
 
 @dataclass
 class AVVPLossConfig:
     """Recipe section ``loss`` for AVVP."""
 
-    visual_smoothing: float = 0.1  # visual target = (1 - s) y + s / 2 (release: 0.9 y + 0.05)
+    # visual target = (1 - s) y + s / 2 (release: 0.9 y + 0.05)
+    visual_smoothing: Annotated[float, Range(0, 1)] = 0.1
 
 
 def build_mgn_head(visual_dim: int, audio_dim: int, cfg: AVVPHeadConfig) -> MGNHead:
@@ -73,7 +74,7 @@ def video_label_accuracy(outputs: dict[str, torch.Tensor], batch: dict[str, Any]
 class AVVPEvaluator:
     """Collects predictions over the split and scores them exactly as the release (section A.6)."""
 
-    def __init__(self, class_names: list[str], background_index: int | None = None) -> None:
+    def __init__(self) -> None:
         self.keys = ("video_prob", "audio_frame_prob", "visual_frame_prob")
         self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*self.keys, "gt_audio", "gt_visual")}
 
@@ -116,24 +117,128 @@ _AVVP_ADAPTER_UNUSED = {
     r"^(audio|vis)_adapter_blocks_p[12]\.\d+\.(fc_caption|temporal_gated)\.": "adapter modules the release builds but never runs",
 }
 
-AVVP = register_task(
-    Task(
-        name="avvp",
-        description="audio-visual video parsing (LLP, 25 classes, weak labels, segment-level evaluation)",
-        head_config=AVVPHeadConfig,
-        loss_config=AVVPLossConfig,
-        build_head=build_mgn_head,
-        loss=avvp_task_loss,
-        make_evaluator=AVVPEvaluator,
-        batch_accuracy=video_label_accuracy,
-        selection_metric="segment_type",
-        select_ties=True,  # the release keeps the later epoch on a tie (>=)
-        metrics_table=avvp_metrics_table,
-        segment_labels=video_segment_labels,
-        head_inputs=("video_st",),
-        target_keys=("labels",),
-        unused_release_keys={**MGN_UNUSED_RELEASE_KEYS, **_AVVP_ADAPTER_UNUSED},
-        release_marker="fc_prob_a.weight",
-        use_mixup=True,
+
+def prepare_avvp_command(
+    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        help="LLP root: AVVP_{train,val_pd,test_pd,eval_audio,eval_visual}.csv (here or under data/AVVP/) "
+        "and <filename>.mp4 (here, in video/ or in LLP_dataset/video/). With --synthetic it defaults "
+        "to <out>/raw.",
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes."),
+    image_size: int = typer.Option(192, "--image-size", min=8, help="Frame side length in the cache."),
+    features: Path | None = typer.Option(
+        None,
+        "--features",
+        help="Published 3-D features folder (LLP_dataset/feats/r2plus1d_18: <YouTubeID>.npy, [10, 512]).",
+    ),
+    r2plus1d_weights: Path | None = typer.Option(
+        None,
+        "--r2plus1d-weights",
+        help="Local torchvision r2plus1d_18 state dict: compute the 3-D features instead (slow on CPU).",
+    ),
+    synthetic: bool = typer.Option(
+        False,
+        "--synthetic",
+        help="Write a small synthetic LLP dataset to --root first, then prepare it (with its own "
+        "feats/r2plus1d_18 unless --features or --r2plus1d-weights is given).",
+    ),
+    videos: int | None = typer.Option(
+        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+):
+    """Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features."""
+    from ..data.avvp import prepare_avvp
+    from ..data.synthetic import synthetic_root, write_synthetic_llp
+
+    if features is not None and r2plus1d_weights is not None:
+        raise ValueError("give either --features or --r2plus1d-weights, not both")
+    root = synthetic_root(out, root, synthetic, videos, write_synthetic_llp, "LLP", console)
+    if synthetic and features is None and r2plus1d_weights is None:
+        features = root / "feats" / "r2plus1d_18"
+    return prepare_avvp(
+        root,
+        out,
+        workers=workers,
+        image_size=image_size,
+        features=features,
+        r2plus1d_weights=r2plus1d_weights,
+        progress=progress,
+        console=console,
+        strict=strict,
     )
-)
+
+
+class AVVPTask(Task):
+    name = "avvp"
+    description = "audio-visual video parsing (LLP, 25 classes, weak labels, segment-level evaluation)"
+    head_config = AVVPHeadConfig
+    loss_config = AVVPLossConfig
+    datasets = ("avvp",)
+    default_num_classes = 25
+    selection_metric = "segment_type"
+    select_ties = True  # the release keeps the later epoch on a tie (>=)
+    use_mixup = True
+    release = ReleaseLayout(
+        marker="fc_prob_a.weight", unused_keys={**MGN_UNUSED_RELEASE_KEYS, **_AVVP_ADAPTER_UNUSED}
+    )
+    recipe = "avvp"
+    prepare_name = "avvp"
+    prepare_help = "Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features."
+
+    def build_head(self, visual_dim, audio_dim, cfg, model_cfg):
+        return build_mgn_head(visual_dim, audio_dim, cfg)
+
+    def model_inputs(self, batch):
+        return {"frames": batch["frames"], "audio": batch["audio"], "video_st": batch["video_st"]}
+
+    def loss(self, outputs, batch, cfg):
+        return avvp_task_loss(outputs, batch, cfg)
+
+    def batch_accuracy(self, outputs, batch):
+        return video_label_accuracy(outputs, batch)
+
+    def make_evaluator(self, dataset):
+        return AVVPEvaluator()
+
+    def metrics_table(self, metrics):
+        return avvp_metrics_table(metrics)
+
+    def segment_labels(self, batch):
+        return video_segment_labels(batch)
+
+    def write_synthetic(self, out, videos, image_size, progress, console):
+        from ..data.avvp import prepare_avvp
+        from ..data.synthetic import write_synthetic_llp
+
+        raw = write_synthetic_llp(out / "raw", num_videos=videos)
+        # The synthetic root carries its own 3-D features (no r2plus1d_18 weights needed).
+        prepare_avvp(
+            raw,
+            out,
+            workers=2,
+            image_size=image_size,
+            features=raw / "feats" / "r2plus1d_18",
+            progress=progress,
+            console=console,
+        )
+
+    def prepare_command(self):
+        return prepare_avvp_command
+
+    def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
+        batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)
+        head, t = model_cfg.head, model_cfg.num_segments
+        # Weak multi-hot video labels and the R(2+1)D features the MGN head takes.
+        batch["labels"] = (torch.rand(batch_size, head.num_classes, generator=generator) < 0.3).float()
+        batch["video_st"] = torch.randn(batch_size, t, head.st_dim, generator=generator)
+        return batch
+
+
+AVVP = register_task(AVVPTask())

@@ -7,43 +7,14 @@ visual and audio-visual events, plus Type@AV (mean of the three dataset means) a
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.table import Table
 
-# Release class order (§A.1): label vectors and checkpoints index classes this way.
-AVVP_CLASSES: list[str] = [
-    "Speech",
-    "Car",
-    "Cheering",
-    "Dog",
-    "Cat",
-    "Frying_(food)",
-    "Basketball_bounce",
-    "Fire_alarm",
-    "Chainsaw",
-    "Cello",
-    "Banjo",
-    "Singing",
-    "Chicken_rooster",
-    "Violin_fiddle",
-    "Vacuum_cleaner",
-    "Baby_laughter",
-    "Accordion",
-    "Lawn_mower",
-    "Motorcycle",
-    "Helicopter",
-    "Acoustic_guitar",
-    "Telephone_bell_ringing",
-    "Baby_cry_infant_cry",
-    "Blender",
-    "Clapping",
-]
+from ..data.avvp import AVVP_CLASSES, read_avvp_ground_truth  # noqa: F401  (re-exported)
 
 SCORE_KEYS: tuple[str, ...] = (
     "segment_audio",
@@ -165,41 +136,6 @@ def parsing_scores(
         pooled = [a + v for a, v in zip(counts["audio"], counts["visual"], strict=True)]
         scores[f"{level}_event"] = 100.0 * float(_per_video_f(*pooled).mean())
     return {k: scores[k] for k in SCORE_KEYS}
-
-
-def read_avvp_ground_truth(
-    eval_audio_csv: str | Path,
-    eval_visual_csv: str | Path,
-    filenames: Sequence[str],
-    class_names: Sequence[str] = AVVP_CLASSES,
-    num_segments: int = 10,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dense segment ground truth (gt_audio, gt_visual), each float32 [N, T, C] in `filenames` order.
-
-    Each row of the tab-separated files (header `filename onset offset event_labels`) sets
-    segments onset:offset (half-open slice, numpy semantics, so offset <= onset marks nothing).
-    Rows whose filename is not in `filenames` are ignored, as the release never looks them up.
-    """
-    index: dict[str, list[int]] = {}
-    for i, name in enumerate(filenames):
-        index.setdefault(name, []).append(i)
-    class_idx = {name: k for k, name in enumerate(class_names)}
-
-    def read(path: str | Path) -> np.ndarray:
-        gt = np.zeros((len(filenames), num_segments, len(class_names)), dtype=np.float32)
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh, delimiter="\t"):
-                rows = index.get(row["filename"])
-                if rows is None:
-                    continue
-                label = row["event_labels"].strip()
-                if label not in class_idx:
-                    raise ValueError(f"{path}: unknown class {label!r} for {row['filename']}")
-                onset, offset = int(float(row["onset"])), int(float(row["offset"]))
-                gt[rows, onset:offset, class_idx[label]] = 1.0
-        return gt
-
-    return read(eval_audio_csv), read(eval_visual_csv)
 
 
 def format_parsing_table(scores: dict[str, float], title: str | None = "AVVP parsing (F-score, %)") -> Table:

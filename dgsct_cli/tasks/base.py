@@ -1,17 +1,41 @@
-"""Tasks as plug-ins: a task is a head + its config, a loss, metrics and dataset conventions.
+"""Tasks as plug-ins: everything that differs between AVE, AVVP, AVQA, ... lives in a ``Task``.
 
-Training, evaluation, extraction and conversion look tasks up here and never branch on a name.
+A task owns its head (and head config), loss, metrics, model call, dataset(s), synthetic dataset,
+bench batch, prepare subcommand, trainable set and release-checkpoint layout. Training,
+evaluation, extraction, benchmarking and the CLI look tasks up here and never branch on a name.
+Adding a task is a subclass of :class:`Task`, registered with :func:`register_task` (see the
+README, "Adding a task").
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-from rich.table import Table
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from ..data.manifest import PreparedCache
+    from ..models.dgsct import ModelConfig
+
+__all__ = [
+    "DataInfo",
+    "Evaluator",
+    "ReleaseLayout",
+    "Task",
+    "TASKS",
+    "available_tasks",
+    "get_task",
+    "prepare_commands",
+    "register_task",
+]
 
 
 class Evaluator(Protocol):
@@ -22,58 +46,196 @@ class Evaluator(Protocol):
     def compute(self) -> dict[str, Any]: ...
 
 
-@dataclass
-class Task:
-    name: str
-    description: str
-    head_config: type  # dataclass validated from recipe ``model.head``
-    loss_config: type  # dataclass validated from recipe ``loss``
-    build_head: Callable[[int, int, Any], nn.Module]  # (visual_dim, audio_dim, head_cfg)
-    # (outputs, batch, loss_cfg) -> the scalar training loss
-    loss: Callable[[dict[str, torch.Tensor], dict[str, Any], Any], torch.Tensor]
-    make_evaluator: Callable[[list[str], int | None], Evaluator]  # (class_names, background_index)
-    # Running accuracy shown in the training progress bar: (correct, counted) for one batch.
-    batch_accuracy: Callable[[dict[str, torch.Tensor], dict[str, Any]], tuple[int, int]]
-    selection_metric: str  # key of Evaluator.compute() used to keep the best checkpoint
-    metrics_table: Callable[[dict[str, Any]], Table]
-    # Per-segment labels for t-SNE / feature extraction: [B, T] long from a batch.
-    segment_labels: Callable[[dict[str, Any]], torch.Tensor]
-    # Batch keys passed to the head besides the pooled features (e.g. AVVP's 3-D features).
-    head_inputs: tuple[str, ...] = ()
-    # Batch keys the loss reads (targets); benchmarks make random ones of these.
-    target_keys: tuple[str, ...] = ()
-    # Release checkpoint keys the release builds but never uses: regex -> reason.
-    unused_release_keys: dict[str, str] = field(default_factory=dict)
-    # A key that only this task's release checkpoints contain (detects the task of a file).
-    release_marker: str = ""
-    use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
-    select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
+@dataclass(frozen=True)
+class DataInfo:
+    """What a task's model needs to know about the prepared data it runs on."""
 
-    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The keyword arguments of the model's call for ``batch``: frames, audio, head inputs."""
-        return {"frames": batch["frames"], "audio": batch["audio"], **{k: batch[k] for k in self.head_inputs}}
+    dataset: str
+    class_names: list[str]
+    background_index: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. AVQA's vocabularies
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class ReleaseLayout:
+    """How the release saved this task's model: a key only its checkpoints have (detects the task
+    of a file), keys of modules it builds but never runs (regex -> reason), and a key rename."""
+
+    marker: str
+    unused_keys: dict[str, str] = field(default_factory=dict)
+    rename: Callable[[str], str] | None = None
+
+
+class Task:
+    """Base class of a task plug-in; subclasses set the class attributes and override hooks."""
+
+    name: str = ""
+    description: str = ""
+    head_config: type = object  # dataclass validated from recipe ``model.head``
+    loss_config: type = object  # dataclass validated from recipe ``loss``
+    # Manifest ``dataset`` names this task reads (a checkpoint of this task refuses other data).
+    datasets: tuple[str, ...] = ()
+    default_num_classes: int | None = None  # when neither the recipe nor data says (bench, info)
+    selection_metric: str = "accuracy"  # key of the evaluator's metrics that picks ``best``
+    select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
+    use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
+    release: ReleaseLayout | None = None
+    recipe: str | None = None  # the built-in recipe for release checkpoints of this task
+
+    # -- model -----------------------------------------------------------------------------------
+    def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:
+        """Fill what the head config leaves to the data (``num_classes`` None -> the data's)."""
+        from dataclasses import replace
+
+        num = getattr(head_cfg, "num_classes", "absent")
+        if num == "absent":
+            return head_cfg
+        if data is not None and num is not None and num != data.num_classes:
+            raise ValueError(
+                f"{where}: model.head.num_classes is {num} but the {data.dataset} data has "
+                f"{data.num_classes} classes; remove the key to take the data's"
+            )
+        if num is None:
+            num = data.num_classes if data is not None else self.default_num_classes
+        return replace(head_cfg, num_classes=num)
+
+    def build_head(self, visual_dim: int, audio_dim: int, cfg: Any, model_cfg: ModelConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def is_trainable(self, name: str, model_cfg: ModelConfig) -> bool:
+        """Which parameters train: by default the 48 adapters and the head (encoders frozen)."""
+        return name.startswith("head.") or "_adapter_blocks_p" in name
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of the model's call for ``batch``."""
+        return {"frames": batch["frames"], "audio": batch["audio"]}
+
+    def forward(self, model: nn.Module, batch: dict[str, Any], mix_lambda: torch.Tensor | None = None):
+        """The model call for one batch (the training step, evaluation, benchmarks)."""
+        return model(**self.model_inputs(batch), mix_lambda=mix_lambda)
+
+    # -- data ------------------------------------------------------------------------------------
+    def data_info(self, cache: PreparedCache) -> DataInfo:
+        return DataInfo(cache.dataset, cache.class_names, cache.background_index)
+
+    def open_dataset(
+        self, cache: PreparedCache, split: str, model_cfg: ModelConfig, data_cfg: Any
+    ) -> Dataset:
+        """The dataset of ``split``: by default one item per sample, frames normalised with the
+        visual tower's statistics and each audio segment tiled ``data_cfg.segment_tiling`` times."""
+        from ..data.datasets import SegmentDataset
+        from ..models.encoders.base import get_family
+
+        mean, std = get_family(model_cfg.family).normalization(model_cfg.visual)
+        return SegmentDataset(
+            cache,
+            split,
+            image_size=model_cfg.visual.img_size,
+            segment_tiling=data_cfg.segment_tiling,
+            sample_rate=model_cfg.audio.sample_rate,
+            mean=mean,
+            std=std,
+        )
+
+    def write_synthetic(
+        self, out: Path, videos: int, image_size: int, progress: bool, console: Console | None
+    ) -> None:
+        """Write a small learnable synthetic dataset and prepare it into the cache ``out``."""
+        raise ValueError(f"task {self.name!r} has no synthetic dataset")
+
+    # The ``dgsct prepare <prepare_name>`` command (a Typer command function), if the task has one.
+    prepare_name: str | None = None
+    prepare_help: str = ""
+
+    def prepare_command(self) -> Callable[..., None] | None:
+        return None
+
+    # -- training and evaluation -----------------------------------------------------------------
+    def bench_batch(
+        self, model_cfg: ModelConfig, data_cfg: Any, batch_size: int, generator
+    ) -> dict[str, Any]:
+        """A random batch with the shapes of the recipe and every key the model and loss read."""
+        import torch
+
+        t, s = model_cfg.num_segments, model_cfg.visual.img_size
+        samples = model_cfg.audio.sample_rate * data_cfg.segment_tiling
+        return {
+            "frames": torch.randn(batch_size, t, 3, s, s, generator=generator),
+            "audio": torch.randn(batch_size, t, samples, generator=generator) * 0.1,
+        }
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_accuracy(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:
+        """Running (correct, counted) for the training progress bar."""
+        return 0, 0
+
+    def make_evaluator(self, dataset: Any) -> Evaluator:
+        raise NotImplementedError
+
+    def metrics_table(self, metrics: dict[str, Any]) -> Table:
+        raise NotImplementedError
+
+    def segment_labels(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours."""
+        raise NotImplementedError
+
+    def label_names(self, dataset: Any) -> list[str]:
+        """Names of the values :meth:`segment_labels` returns (t-SNE legends)."""
+        from ..data.manifest import label_names
+
+        return label_names(dataset.class_names, dataset.background_index)
 
 
 TASKS: dict[str, Task] = {}
 
+# Built-in tasks by module; importing a module registers its task. The CLI reads the prepare
+# command names here so that ``dgsct --help`` imports no task (and no torch).
+BUILTIN_TASKS = {"ave": "dgsct_cli.tasks.ave", "avvp": "dgsct_cli.tasks.avvp"}
+BUILTIN_PREPARE = {
+    "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
+    "avvp": (
+        "avvp",
+        "Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features.",
+    ),
+}
+
 
 def register_task(task: Task) -> Task:
+    """Add ``task`` to the registry (a later task of the same name replaces the earlier one)."""
+    if not task.name:
+        raise ValueError("a task needs a name")
     TASKS[task.name] = task
     return task
 
 
+def _load_builtin(name: str | None = None) -> None:
+    for task_name, module in BUILTIN_TASKS.items():
+        if (name is None or name == task_name) and task_name not in TASKS:
+            importlib.import_module(module)
+
+
 def get_task(name: str) -> Task:
-    _load_builtin_tasks()
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+        _load_builtin(name)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     return TASKS[name]
 
 
 def available_tasks() -> list[str]:
-    _load_builtin_tasks()
-    return sorted(TASKS)
+    return sorted({*BUILTIN_TASKS, *TASKS})
 
 
-def _load_builtin_tasks() -> None:
-    # Importing a task module registers it.
-    from . import ave, avvp  # noqa: F401
+def prepare_commands() -> dict[str, tuple[str, str]]:
+    """``dgsct prepare`` subcommand name -> (task name, one-line help), without importing tasks."""
+    out = dict(BUILTIN_PREPARE)
+    for task in TASKS.values():
+        if task.prepare_name:
+            out[task.prepare_name] = (task.name, task.prepare_help or task.description)
+    return out

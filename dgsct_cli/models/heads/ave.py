@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...schema import Annotated, Range
+from ..output import EncoderOutput
 from ..temporal import TemporalAttention, TemporalConfig
 
 
@@ -14,8 +16,9 @@ from ..temporal import TemporalAttention, TemporalConfig
 class AVEHeadConfig:
     """Recipe section ``model.head`` for AVE."""
 
-    num_classes: int = 28
-    top_k: int = 4  # time steps averaged for the class-activation scores
+    # None: the prepared data's class count (28 for AVE); a number pins it (a mismatch is an error).
+    num_classes: Annotated[int, Range(1)] | None = None
+    top_k: Annotated[int, Range(1)] = 4  # time steps averaged for the class-activation scores
     av_score_weight: float = 0.3
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
@@ -61,14 +64,14 @@ class AVEHead(nn.Module):
 
     def __init__(self, visual_dim: int, audio_dim: int, cfg: AVEHeadConfig | None = None) -> None:
         super().__init__()
-        cfg = cfg or AVEHeadConfig()
+        cfg = cfg or AVEHeadConfig(num_classes=28)
+        if cfg.num_classes is None:
+            raise ValueError("AVEHead: num_classes must be resolved (from the data or the recipe)")
         self.temporal_attn = TemporalAttention(visual_dim, audio_dim, cfg.temporal)
         self.CMBS = CMBSHead(cfg.temporal.d_model, cfg)
 
-    def forward(
-        self, visual: torch.Tensor, audio: torch.Tensor, **_: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        streams = self.temporal_attn(visual, audio)
+    def forward(self, features: EncoderOutput, **_: torch.Tensor) -> dict[str, torch.Tensor]:
+        streams = self.temporal_attn(features.visual, features.audio)
         out = self.CMBS(streams["video"], streams["audio"])
         out["av_gate"] = streams["av_gate"].squeeze(-1).transpose(0, 1)  # [B, T]
         return out

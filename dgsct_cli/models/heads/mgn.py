@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp  # Linear-GELU-Linear (fc1/fc2 keys), stochastic depth
 from torch import nn
 
+from ..output import EncoderOutput
 from ..temporal import SelfRelation, TemporalConfig
 
 AssignMode = Literal["soft", "hard"]
@@ -377,10 +378,15 @@ class MGNHead(nn.Module):
             dim, temporal_dim, temporal_heads, temporal_ff_dim, temporal_scale, gated_audio
         )
 
-    def forward(
+    def forward(self, features: EncoderOutput, video_st: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled visual [B,T,visual_dim] and audio [B,T,audio_dim], video_st [B,T,st_dim] ->
+        predictions."""
+        return self.predict(features.visual, features.audio, video_st)
+
+    def predict(
         self, visual: torch.Tensor, audio: torch.Tensor, video_st: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """visual [B,T,visual_dim], audio [B,T,audio_dim], video_st [B,T,st_dim] -> predictions."""
+        """The head on plain tensors (the release's ``MGN_Net`` head call ``head(f_a, f_v, st)``)."""
         x1_0 = self.fc_a(audio)
         vid_s = self.fc_v(visual)
         vid_s, x1_gated = self.temporal_attn(x1_0, vid_s)

@@ -1,4 +1,4 @@
-"""Visual encoder: any timm Swin Transformer V2, loaded from a local checkpoint file."""
+"""Swin Transformer V2 (timm) as a visual tower, loaded from a local checkpoint file."""
 
 from __future__ import annotations
 
@@ -14,24 +14,58 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 
+from ...schema import Annotated, Range
 from ..weights import load_into, load_state_dict_file
+from .base import StageGeometry
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class VisualConfig:
-    """Recipe section ``model.visual``."""
+class SwinV2Config:
+    """Recipe section ``model.visual`` of the ``swinv2-htsat`` family."""
 
     name: str = "swinv2_large_window12_192.ms_in22k"
     weights: str | None = None  # local .safetensors/.bin/.pth, or "hub" to let timm download
-    img_size: int = 192
-    drop_path_rate: float = 0.1
+    img_size: Annotated[int, Range(16)] = 192
+    drop_path_rate: Annotated[float, Range(0, 1, open_high=True)] = 0.1
     fused_attention: bool = True  # scaled_dot_product_attention for the cosine window attention
     args: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny configs)
 
 
-def create_visual_encoder(cfg: VisualConfig) -> SwinTransformerV2:
+class SwinV2View:
+    """The walker's view of a timm Swin-V2: NHWC tokens, patch merging at the start of stages
+    2-4 (timm's layout; the release's older timm merged at the end of stages 1-3: same maths)."""
+
+    def __init__(self, model: SwinTransformerV2) -> None:
+        self.model = model
+        self.geometry = [
+            StageGeometry(s.blocks[0].dim, s.output_resolution[0] * s.output_resolution[1], len(s.blocks))
+            for s in model.layers
+        ]
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model.patch_embed(frames)
+
+    def enter(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        return self.model.layers[stage].downsample(x)
+
+    def blocks(self, stage: int):
+        return self.model.layers[stage].blocks
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    @staticmethod
+    def tokens(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1, 2)
+
+    @staticmethod
+    def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.view(like.shape)
+
+
+def create_visual_encoder(cfg: SwinV2Config) -> SwinTransformerV2:
     """Build the Swin-V2 trunk without its classifier and load weights from a local file.
 
     Without a file the weights are random and a warning says so; the hub is only used when the

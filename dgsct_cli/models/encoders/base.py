@@ -1,0 +1,148 @@
+"""What the dual-encoder walker needs to know about an encoder family.
+
+A *tower* is one encoder (visual or audio) seen as embed -> stages of blocks -> finish. A *family*
+names two towers (and text towers, if any), how to build them and read their weight files, how
+their blocks pair up, how a paired block runs with its four DG-SCT adapters, and how the final
+tokens are pooled. Families are registered by name (``model.family`` in a recipe), the way timm
+registers architectures and open_clip picks its towers from a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..dual import DualEncoder
+
+__all__ = [
+    "BlockPair",
+    "EncoderFamily",
+    "FAMILIES",
+    "StageGeometry",
+    "Tower",
+    "TowerSet",
+    "get_family",
+    "register_family",
+]
+
+
+@dataclass(frozen=True)
+class StageGeometry:
+    """One stage of a tower: token width, tokens per sample (adapter L) and number of blocks."""
+
+    channels: int
+    tokens: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class BlockPair:
+    """A visual block and the audio block it is paired with (stage and index inside the stage)."""
+
+    visual_stage: int
+    visual_block: int
+    audio_stage: int
+    audio_block: int
+
+
+class Tower(Protocol):
+    """The walker's view of one encoder. Tokens travel in the tower's own layout between calls;
+    ``tokens``/``untokens`` convert to and from ``[N, L, C]`` for the adapters."""
+
+    geometry: list[StageGeometry]
+
+    def enter(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        """Run the start of ``stage`` (patch merging for the later stages of a hierarchy)."""
+        ...
+
+    def blocks(self, stage: int) -> Sequence[nn.Module]: ...
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The tower's final normalisation (identity when it has none)."""
+        ...
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def untokens(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor: ...
+
+
+# (walker, pair index, visual block, audio block, v, a) -> (v, a, visual map, audio map)
+PairedStep = Callable[
+    ["DualEncoder", int, nn.Module, nn.Module, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+]
+# (walker, v finished, a, visual map, audio map) -> (pooled visual [N, Cv], pooled audio [N, Ca])
+Pooling = Callable[
+    ["DualEncoder", torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    tuple[torch.Tensor, torch.Tensor],
+]
+
+
+@dataclass
+class TowerSet:
+    """What a family's builder returns: the two encoders as modules, the walker's views of them,
+    frozen extra modules the pooling uses (e.g. CLAP's audio projection) and text towers."""
+
+    visual: nn.Module
+    audio: nn.Module
+    visual_view: Tower
+    audio_view: Tower
+    extras: dict[str, nn.Module] = field(default_factory=dict)
+    text: dict[str, nn.Module] = field(default_factory=dict)
+    # Widths of the pooled features when they are not the last stages' widths (projections).
+    pooled_dims: tuple[int, int] | None = None
+    # What each pooled feature is, for messages and extraction (e.g. "map-pooled Swin-V2 tokens").
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """A registry entry: config types, builder, pairing rule, paired step and pooling.
+
+    ``build(visual_cfg, audio_cfg, text_cfg, load_weights)`` returns a :class:`TowerSet`;
+    ``normalization(visual_cfg)`` the per-channel (mean, std) its frames are normalised with
+    (pixel values in [0, 1]);
+    ``pair_blocks(visual_depths, audio_depths)`` the block pairs in walking order;
+    ``paired_step`` runs one pair with its adapters; ``pool`` and ``pool_plain`` turn the final
+    tokens into one vector per sample, with and without the adapters' maps.
+    """
+
+    name: str
+    description: str
+    visual_config: type
+    audio_config: type
+    build: Callable[[Any, Any, Any, bool], TowerSet]
+    pair_blocks: Callable[[list[int], list[int]], list[BlockPair]]
+    paired_step: PairedStep
+    pool: Pooling
+    pool_plain: Pooling
+    normalization: Callable[[Any], tuple[tuple[float, ...], tuple[float, ...]]]
+    text_config: type | None = None
+    # Recompute "auto" switches on when the visual tower has at least this many blocks.
+    recompute_auto_blocks: int = 24
+
+
+FAMILIES: dict[str, EncoderFamily] = {}
+
+
+def register_family(family: EncoderFamily) -> EncoderFamily:
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> EncoderFamily:
+    from . import clip_clap, swinv2_htsat  # noqa: F401  (importing a family registers it)
+
+    if name not in FAMILIES:
+        raise ValueError(f"unknown encoder family {name!r}; available: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def available_families() -> list[str]:
+    get_family("swinv2-htsat")
+    return sorted(FAMILIES)
