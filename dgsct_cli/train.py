@@ -560,22 +560,15 @@ class Trainer:
         if self.test_sigint_at_batch is not None and self._batches_run == self.test_sigint_at_batch:
             after_forward = lambda: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
         self._batches_run += 1
+        backward = True
         if self.recipe.train.accumulation == "release":
-            if not step:  # its gradient would be cleared before the step: forward only
-                with torch.no_grad():
-                    loss, out = training_loss(
-                        self.net,
-                        self.task,
-                        self.loss_cfg,
-                        batch,
-                        self.device,
-                        self.recipe.train.precision,
-                        self.mixup,
-                        after_forward=after_forward,
-                    )
-                return float(loss.detach()), out
-            accum = 1  # the stepping batch's own gradient, undivided
-        with no_sync() if (no_sync is not None and not sync) else nullcontext():
+            # A batch whose gradient the release clears before the step runs forward only; the
+            # stepping batch's own gradient is used undivided.
+            backward, accum = step, 1
+        with (
+            no_sync() if (no_sync is not None and not sync) else nullcontext(),
+            torch.set_grad_enabled(backward),
+        ):
             loss, out = training_loss(
                 self.net,
                 self.task,
@@ -586,7 +579,8 @@ class Trainer:
                 self.mixup,
                 after_forward=after_forward,
             )
-            (loss / accum).backward()
+            if backward:
+                (loss / accum).backward()
         return float(loss.detach()), out
 
     def _save_model(self, name: str, metrics: dict[str, Any]) -> None:

@@ -260,7 +260,9 @@ def test_visual_weights_file_errors(tmp_path):
         create_visual_encoder(VisualConfig(**{**cfg.__dict__, "weights": str(tmp_path / "nope.pth")}))
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(
+        CheckpointError, match="not a checkpoint we can read safely: not a readable torch checkpoint"
+    ):
         create_visual_encoder(VisualConfig(**{**cfg.__dict__, "weights": str(bad)}))
 
 

@@ -1,6 +1,6 @@
 """AVVP (audio-visual video parsing) on LLP: annotation reader and cache preparation.
 
-Raw layout (spec tasks-release.md §A.1, §A.8); the CSVs sit in ``<root>`` or ``<root>/data/AVVP``::
+Raw layout (the LLP dataset as published); the CSVs sit in ``<root>`` or ``<root>/data/AVVP``::
 
     AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv   filename<TAB>event_labels (weak labels)
     AVVP_eval_audio.csv, AVVP_eval_visual.csv           filename<TAB>onset<TAB>offset<TAB>event_labels
@@ -60,7 +60,7 @@ __all__ = [
     "read_llp_ground_truth",
 ]
 
-# Release class order (§A.1): label vectors and checkpoints index classes this way.
+# Release class order (AVVP/dataloader.py:23-28): label vectors and checkpoints index classes this way.
 AVVP_CLASSES: list[str] = [
     "Speech",
     "Car",

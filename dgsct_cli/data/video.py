@@ -1,6 +1,6 @@
 """Decode one clip into per-second frames and a fixed-length mono waveform (decord).
 
-The layout matches the release's data pipeline (spec sections 1 and 7): ``num_segments`` frames,
+The layout matches the release's data pipeline (AVE/dataloader.py:150-180): ``num_segments`` frames,
 one per second, resized bicubically (no antialias) to ``image_size`` squared, and
 ``num_segments`` seconds of mono audio at ``sample_rate``; a short clip's audio is tiled.
 """

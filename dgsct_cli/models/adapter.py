@@ -44,7 +44,7 @@ class AdapterSettings:
 
 
 class DGSCTAdapter(nn.Module):
-    """Cross-modal prompt + channel/spatial attention + bottleneck (spec dgsct-core.md section 2).
+    """Cross-modal prompt + channel/spatial attention + bottleneck (release AVE/nets/net_trans.py:433-676, VisualAdapter).
 
     ``forward(x, y)``: ``x`` are the tokens being adapted ``[N, L, C]``, ``y`` the guiding
     modality's tokens ``[N, L', C']``. Returns ``(out [N, L, C], spatial_map [N, 1, L])``.

@@ -1,4 +1,4 @@
-"""Temporal attention over the 10 segments (spec dgsct-core.md section 4), used by the AVE head."""
+"""Temporal attention over the 10 segments (release AVE/nets/net_trans.py:182-253), used by the AVE head."""
 
 from __future__ import annotations
 

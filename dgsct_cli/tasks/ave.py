@@ -1,4 +1,4 @@
-"""AVE: audio-visual event localisation (spec dgsct-core.md sections 5-7)."""
+"""AVE: audio-visual event localisation (release AVE/nets/net_trans.py, AVE/main_trans.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def ave_targets(batch: dict[str, Any], background: int) -> tuple[torch.Tensor, t
 def ave_loss_terms(
     outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: AVELossConfig
 ) -> dict[str, torch.Tensor]:
-    """The four loss terms of the release (spec section 6), as tensors."""
+    """The four loss terms of the release (AVE/main_trans.py:119-130), as tensors."""
     background = outputs["event_logits"].shape[-1]
     is_event, event = ave_targets(batch, background)
     seg = F.binary_cross_entropy_with_logits(outputs["segment_logits"], is_event)

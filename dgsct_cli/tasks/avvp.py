@@ -1,4 +1,4 @@
-"""AVVP: audio-visual video parsing on LLP (spec tasks-release.md section A), head = MGN."""
+"""AVVP: audio-visual video parsing on LLP, head = MGN (release AVVP/nets/mgn.py, AVVP/main.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """AVVP (audio-visual video parsing) evaluation on LLP, exactly as the release scores it.
 
-Spec: tasks-release.md §A.6. Ten numbers: segment-level and event-level F-scores for the audio,
+As the release scores it (AVVP/main.py:80-200 with AVVP/utils/eval_metrics.py). Ten numbers: segment-level and event-level F-scores for the audio,
 visual and audio-visual events, plus Type@AV (mean of the three dataset means) and Event@AV
 (per-class counts pooled over audio and visual before the F-score).
 """
@@ -117,7 +117,7 @@ def parsing_scores(
     if vp.shape != (afp.shape[0], afp.shape[2]):
         raise ValueError(f"video_prob has shape {vp.shape}, expected {(afp.shape[0], afp.shape[2])}")
 
-    # The video-level filter comes from the audio-visual head and gates BOTH modalities (quirk E.6).
+    # The video-level filter comes from the audio-visual head and gates BOTH modalities (release AVVP/main.py:116-123).
     keep = (vp >= threshold)[:, None, :]
     pa = (afp >= threshold) & keep
     pv = (vfp >= threshold) & keep

@@ -24,6 +24,7 @@ __all__ = [
     "EncoderFamily",
     "FAMILIES",
     "StageGeometry",
+    "StagedNHWCView",
     "Tower",
     "TowerSet",
     "get_family",
@@ -69,6 +70,27 @@ class Tower(Protocol):
     def tokens(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def untokens(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor: ...
+
+
+class StagedNHWCView:
+    """A tower view of a timm-style hierarchy: ``model.layers[s].downsample`` starts stage ``s``,
+    ``model.layers[s].blocks`` are its blocks, tokens travel as NHWC grids."""
+
+    model: nn.Module
+
+    def enter(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        return self.model.layers[stage].downsample(x)
+
+    def blocks(self, stage: int) -> Sequence[nn.Module]:
+        return self.model.layers[stage].blocks
+
+    @staticmethod
+    def tokens(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1, 2)
+
+    @staticmethod
+    def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.view(like.shape)
 
 
 # (walker, pair index, visual block, audio block, v, a) -> (v, a, visual map, audio map)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ...schema import Annotated, OneOf, Range
 from ..weights import CheckpointError, load_into, load_state_dict_file
-from .base import StageGeometry
+from .base import StagedNHWCView, StageGeometry
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class HTSAT(nn.Module):
         return x if self.norm is None else self.norm(x)
 
 
-class HTSATView:
+class HTSATView(StagedNHWCView):
     """The walker's view of :class:`HTSAT`: NHWC tokens, merging at the start of stages 2-4."""
 
     def __init__(self, model: HTSAT) -> None:
@@ -283,22 +283,8 @@ class HTSATView:
     def embed(self, wave: torch.Tensor, mix_lambda: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.embed(wave, mix_lambda)
 
-    def enter(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        return self.model.layers[stage].downsample(x)
-
-    def blocks(self, stage: int):
-        return self.model.layers[stage].blocks
-
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.model.norm is None else self.model.norm(x)
-
-    @staticmethod
-    def tokens(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1, 2)
-
-    @staticmethod
-    def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.view(like.shape)
 
 
 # Keys of published HTS-AT checkpoints with no counterpart in an HTS-AT built from ``cfg``.

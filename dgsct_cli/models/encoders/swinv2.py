@@ -16,7 +16,7 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, 
 
 from ...schema import Annotated, Range
 from ..weights import load_into, load_state_dict_file
-from .base import StageGeometry
+from .base import StagedNHWCView, StageGeometry
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class SwinV2Config:
     args: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny configs)
 
 
-class SwinV2View:
+class SwinV2View(StagedNHWCView):
     """The walker's view of a timm Swin-V2: NHWC tokens, patch merging at the start of stages
     2-4 (timm's layout; the release's older timm merged at the end of stages 1-3: same maths)."""
 
@@ -47,22 +47,8 @@ class SwinV2View:
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         return self.model.patch_embed(frames)
 
-    def enter(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        return self.model.layers[stage].downsample(x)
-
-    def blocks(self, stage: int):
-        return self.model.layers[stage].blocks
-
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.norm(x)
-
-    @staticmethod
-    def tokens(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1, 2)
-
-    @staticmethod
-    def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.view(like.shape)
 
 
 def create_visual_encoder(cfg: SwinV2Config) -> SwinTransformerV2:

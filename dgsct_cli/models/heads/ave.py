@@ -1,4 +1,4 @@
-"""AVE head: temporal attention + the CMBS localisation/classification head (spec sections 4-5)."""
+"""AVE head: temporal attention + the CMBS localisation/classification head (release AVE/nets/net_trans.py:182-431)."""
 
 from __future__ import annotations
 

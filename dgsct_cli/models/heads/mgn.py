@@ -1,6 +1,6 @@
 """MGN (multi-modal grouping network) head for AVVP, as the DG-SCT release uses it.
 
-Spec: tasks-release.md §A.3 (model) and §A.4 (loss). The head consumes the DG-SCT pooled features
+Release: AVVP/nets/mgn.py:422-508 and 720-763 (model), AVVP/main.py:39-72 (loss). The head consumes the DG-SCT pooled features
 (visual [B,T,1536], audio [B,T,768]) plus the R(2+1)D features [B,T,512] and predicts video-level and
 segment-level probabilities for C classes.
 
@@ -29,7 +29,7 @@ MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO: dict[str, str] = {
 }
 MGN_UNUSED_RELEASE_KEYS: dict[str, str] = {
     **MGN_UNUSED_RELEASE_KEYS_GATED_AUDIO,
-    # The visual temporal branch only gates the audio output, which MGN discards (quirk E.4): it never
+    # The visual temporal branch only gates the audio output, which MGN discards (release mgn.py:726, x1 unused): it never
     # changes an output and gets no gradient. `MGNHead(gated_audio=True)` builds it.
     r"^temporal_attn\.audio_visual_rnn_layer\.visual_rnn\.": "visual LSTM feeding only the discarded audio gate",
     r"^temporal_attn\.video_encoder\.": "visual encoder feeding only the discarded audio gate",
@@ -163,7 +163,7 @@ class AssignAttention(nn.Module):
         raw = self.q_proj(query) @ self.k_proj(key).transpose(-2, -1) * self.scale
         group_soft = raw.softmax(dim=-2)
         attn = self.assignment(raw, group_soft)
-        # Release quirk (E.5): the "soft" map is 1 + a softmax over tokens of the group-softmax.
+        # Release quirk (AVVP/nets/grouping.py:140-141): the "soft" map is 1 + a softmax over tokens of the group-softmax.
         soft = 1.0 + group_soft.softmax(dim=-1)
         maps = {"hard": attn, "soft": soft}
         # Each group's weights are normalised by (their sum over tokens + eps) before pooling values.
@@ -324,7 +324,7 @@ def _init_weights(m: nn.Module) -> None:
 
 
 class MGNHead(nn.Module):
-    """MGN head of the DG-SCT AVVP model (§A.3 steps 1-7)."""
+    """MGN head of the DG-SCT AVVP model (release AVVP/nets/mgn.py:422-508, 720-763)."""
 
     def __init__(
         self,
@@ -390,7 +390,7 @@ class MGNHead(nn.Module):
         x1_0 = self.fc_a(audio)
         vid_s = self.fc_v(visual)
         vid_s, x1_gated = self.temporal_attn(x1_0, vid_s)
-        # Release quirk (E.4): the audio grouping gets the ungated x1_0 unless gated_audio is set.
+        # Release quirk (AVVP/nets/mgn.py:726-737): the audio grouping gets the ungated x1_0 unless gated_audio is set.
         x1_in = x1_gated if self.gated_audio else x1_0
         x2_0 = self.fc_fusion(torch.cat([vid_s, self.fc_st(video_st)], dim=-1))
 
@@ -418,7 +418,7 @@ class MGNHead(nn.Module):
 def avvp_loss(
     outputs: dict[str, torch.Tensor], labels: torch.Tensor, visual_smoothing: float = 0.1
 ) -> torch.Tensor:
-    """Weakly supervised AVVP loss (§A.4) from `MGNHead` outputs and multi-hot video labels [B, C].
+    """Weakly supervised AVVP loss (release AVVP/main.py:39-72) from `MGNHead` outputs and multi-hot video labels [B, C].
 
     BCE(video, y) + BCE(audio, y) + BCE(visual, (1-s) y + s/2) + CE(class tokens -> own class) for
     both modalities, equal weights, mean reductions.
