@@ -32,11 +32,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         # Never pass on torch's advice to load with weights_only=False: that runs the file's code.
-        kind = (
-            "a torch checkpoint that holds code or objects, not only tensors"
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc)
-            else f"not a readable torch checkpoint ({type(exc).__name__})"
-        )
+        if "Unsupported global" in str(exc):
+            kind = "it holds pickled objects or code, not only tensors"
+        else:
+            kind = f"not a readable torch checkpoint ({type(exc).__name__})"
         raise CheckpointError(f"{path}: not a checkpoint we can read safely: {kind}") from None
     return unwrap_state_dict(obj, str(path))
 
