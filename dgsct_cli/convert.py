@@ -97,10 +97,11 @@ def map_release_state_dict(
 
 
 def load_release_state_dict(
-    model: DGSCTModel, state: dict[str, torch.Tensor], name: str, unused: dict[str, str]
+    model: DGSCTModel, state: dict[str, torch.Tensor], name: str, unused: dict[str, str], map_state=None
 ) -> list[str]:
-    """Strictly load a release state dict into ``model``; returns the dropped (unused) keys."""
-    mapped, dropped = map_release_state_dict(state, model, unused)
+    """Strictly load a release state dict into ``model``; returns the dropped (unused) keys.
+    ``map_state`` maps the release keys to ours (default: the main tasks' layout)."""
+    mapped, dropped = (map_state or map_release_state_dict)(state, model, unused)
     own = model.state_dict()
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
@@ -154,5 +155,5 @@ def load_official_checkpoint(
     if model_cfg is None:
         model_cfg = release_recipe(task).model
     model = create_model(task, model_cfg, load_encoder_weights=False)
-    load_release_state_dict(model, state, name, spec.release.unused_keys)
+    load_release_state_dict(model, state, name, spec.release.unused_keys, spec.release.map_state)
     return model.eval()

@@ -99,6 +99,7 @@ class _DecodeJob:
     sample_rate: int
     num_threads: int
     extras: tuple[ExtraArraySpec, ...] = ()
+    frame_rule: str = "second_centres"
 
 
 def _exit_with_parent() -> None:
@@ -141,6 +142,7 @@ def _decode_job(job: _DecodeJob) -> tuple[str, str | None]:
             image_size=job.image_size,
             sample_rate=job.sample_rate,
             num_threads=job.num_threads,
+            frame_rule=job.frame_rule,
         )
     except DecodeError as exc:
         return job.video_id, exc.reason
@@ -269,11 +271,13 @@ def decode_videos_to_cache(
     console: Console | None = None,
     description: str = "decoding videos",
     extras: Sequence[ExtraArraySpec] = (),
+    frame_rule: str = "second_centres",
 ) -> DecodeOutcome:
     """Decode every video (id -> file) once into ``out``'s ``frames/`` and ``audio/``.
 
     Videos whose arrays already exist with the right shapes are reused (resume). With
-    ``workers > 1`` decoding runs in a spawn process pool; failures are collected per video
+    ``workers > 1`` decoding runs in a spawn process pool; ``frame_rule`` names the rule (in
+    ``video.FRAME_RULES``) that picks each segment's frame; failures are collected per video
     (``"missing"``, ``"corrupt: ..."``, ``"no audio"``), never raised. Each of ``extras`` is
     computed in the same worker call as the decoding and stored under ``<kind>/``.
     """
@@ -301,7 +305,15 @@ def decode_videos_to_cache(
             threads = 1 if workers > 1 else 0
             jobs.append(
                 _DecodeJob(
-                    video_id, str(path), str(out), num_segments, image_size, sample_rate, threads, extras
+                    video_id,
+                    str(path),
+                    str(out),
+                    num_segments,
+                    image_size,
+                    sample_rate,
+                    threads,
+                    extras,
+                    frame_rule,
                 )
             )
 

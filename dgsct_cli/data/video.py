@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DecodeError", "decode_clip", "frame_indices", "resize_frames", "tile_audio"]
+__all__ = ["FRAME_RULES", "DecodeError", "decode_clip", "frame_indices", "resize_frames", "tile_audio"]
 
 
 class DecodeError(ValueError):
@@ -53,6 +53,18 @@ def frame_indices(num_frames: int, fps: float, num_segments: int) -> np.ndarray:
         mids = np.floor((np.arange(num_segments) + 0.5) * fps + 0.5).astype(np.int64)
         return np.minimum(mids, num_frames - 1)
     return np.round(np.linspace(0, num_frames - 1, num_segments)).astype(np.int64)
+
+
+def second_centres(num_frames: int, fps: float, num_segments: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The default frame rule: the frame nearest the middle of each second; the audio is the
+    clip's first ``num_segments`` seconds (``None``: no per-segment audio windows)."""
+    return frame_indices(num_frames, fps, num_segments), None
+
+
+# Frame rules by name: ``rule(num_frames, fps, num_segments) -> (frame indices [S], audio window
+# starts in seconds [S] or None)``. A dataset whose release picks its frames another way adds a
+# module-level function here (workers are spawned, so rules are looked up by name).
+FRAME_RULES = {"second_centres": second_centres}
 
 
 def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
@@ -115,13 +127,16 @@ def decode_clip(
     image_size: int = 192,
     sample_rate: int = 32000,
     num_threads: int = 0,
+    frame_rule: str = "second_centres",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``path`` into ``(frames, audio)``.
 
     Returns frames uint8 ``[num_segments, image_size, image_size, 3]`` and audio float32
-    ``[num_segments * sample_rate]`` (mono). ``num_threads`` is passed to decord's video
-    reader (0 = decord's default). Raises :class:`DecodeError` for a missing file, a video that
-    decord cannot open or decode, or a clip without usable audio.
+    ``[num_segments * sample_rate]`` (mono). ``frame_rule`` names the rule in
+    :data:`FRAME_RULES` that picks the frames (and, if it says so, 1-s audio windows per
+    segment). ``num_threads`` is passed to decord's video reader (0 = decord's default). Raises
+    :class:`DecodeError` for a missing file, a video that decord cannot open or decode, or a clip
+    without usable audio.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,7 +150,7 @@ def decode_clip(
     try:
         num_frames = len(reader)
         fps = float(reader.get_avg_fps())
-        indices = frame_indices(num_frames, fps, num_segments)
+        indices, windows = FRAME_RULES[frame_rule](num_frames, fps, num_segments)
         frames = reader.get_batch(indices.tolist()).asnumpy()
         del reader
     except errors as exc:
@@ -155,4 +170,12 @@ def decode_clip(
         raise DecodeError("no audio")
     if not np.isfinite(wave).all():
         raise DecodeError("corrupt: non-finite audio samples")
-    return frames, tile_audio(wave, num_segments * sample_rate)
+    if windows is None:
+        return frames, tile_audio(wave, num_segments * sample_rate)
+    # One second of audio per segment, starting where the rule says (clamped into the clip).
+    audio = []
+    for start in windows:
+        first = int(round(float(start) * sample_rate))
+        first = min(max(first, 0), max(wave.shape[0] - sample_rate, 0))
+        audio.append(tile_audio(wave[first : first + sample_rate], sample_rate))
+    return frames, np.concatenate(audio)

@@ -63,11 +63,14 @@ class DataInfo:
 @dataclass(frozen=True)
 class ReleaseLayout:
     """How the release saved this task's model: a key only its checkpoints have (detects the task
-    of a file), keys of modules it builds but never runs (regex -> reason), and a key rename."""
+    of a file), keys of modules it builds but never runs (regex -> reason), a key rename applied
+    first, and, for layouts that are not the main tasks' (``swin.``, ``htsat.``, adapters, head),
+    ``map_state(state, model, unused) -> (our state, dropped release keys)``."""
 
     marker: str
     unused_keys: dict[str, str] = field(default_factory=dict)
     rename: Callable[[str], str] | None = None
+    map_state: Callable[[dict, Any, dict[str, str]], tuple[dict, list[str]]] | None = None
 
 
 class Task:
