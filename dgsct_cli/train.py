@@ -254,8 +254,17 @@ class Trainer:
         seed_everything(r.train.seed)
         info = data_info(r, self.data_dir)
         # The run's recipe holds what the data decided (e.g. the class count), so its checkpoints
-        # rebuild the same model without the data.
+        # rebuild the same model without the data; they also name the classes (for predictions).
         r.model.head = self.task.resolve_head(r.model.head, info)
+        self.checkpoint_extra = {
+            "data": json.dumps(
+                {
+                    "dataset": info.dataset,
+                    "class_names": info.class_names,
+                    "background_index": info.background_index,
+                }
+            )
+        }
         self.train_set = open_split(r, self.data_dir, r.data.train_split)
         self.val_set = open_split(r, self.data_dir, r.data.val_split)
         if len(self.train_set) == 0:
@@ -321,7 +330,8 @@ class Trainer:
         prog.commits += 1
         weights_name = f"weights-{prog.commits:06d}.safetensors"
         weights = self.out / STATE_DIR / weights_name
-        save_checkpoint(self.model, self.recipe, weights, full=False, extra={"commit": str(prog.commits)})
+        extra = {**self.checkpoint_extra, "commit": str(prog.commits)}
+        save_checkpoint(self.model, self.recipe, weights, full=False, extra=extra)
         if self.test_kill_before_commit is not None and prog.commits == self.test_kill_before_commit:
             raise SystemExit("test: killed between the weights write and the state commit")
         state = {
@@ -584,7 +594,9 @@ class Trainer:
         return float(loss.detach()), out
 
     def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
-        save_checkpoint(self.model, self.recipe, self.out / name, full=False, metrics=metrics)
+        save_checkpoint(
+            self.model, self.recipe, self.out / name, full=False, metrics=metrics, extra=self.checkpoint_extra
+        )
 
     def _validate_and_record(self, prog: Progression) -> dict[str, Any]:
         """Validate the epoch just trained, log it, keep best/last, and commit the state."""

@@ -383,6 +383,176 @@ def tsne(
     console.print(f"wrote {out} and {Path(out).with_suffix('.json')}")
 
 
+# -- predict / attention on a user's clips ----------------------------------------------------------
+
+
+def _load_for_clips(checkpoint: Path, recipe: str | None):
+    """(model on its device, recipe, task, data info, device) for predictions on clips."""
+    from ..checkpoint import load_any_checkpoint, resolve_run_checkpoint
+    from ..config import load_recipe
+    from ..predict import checkpoint_data_info
+    from ..runtime import resolve_device
+    from ..tasks.base import get_task
+
+    path = resolve_run_checkpoint(checkpoint)
+    model, r, _ = load_any_checkpoint(path, load_recipe(recipe) if recipe else None)
+    task = get_task(r.task)
+    info = checkpoint_data_info(path, task, getattr(r.model.head, "num_classes", None))
+    device = resolve_device(r.train.device)
+    return model.to(device), r, task, info, device
+
+
+def _clip_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem or "clip", 1
+    while stem in used:
+        n += 1
+        stem = f"{path.stem}-{n}"
+    used.add(stem)
+    return stem
+
+
+@app.command()
+@command
+def predict(
+    videos: list[Path] = typer.Argument(..., help="Clips to predict on (mp4 or any format FFmpeg reads)."),
+    checkpoint: CheckpointOption = ...,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for a PNG and a JSON per clip."),
+    json_out: Path | None = typer.Option(None, "--json", help="Every clip's prediction in one JSON file."),
+    stride: int | None = typer.Option(
+        None,
+        "--stride",
+        min=1,
+        help="Seconds between windows of a clip longer than the model's (default: its length).",
+    ),
+    question: str | None = typer.Option(
+        None, "--question", help="The question to answer (question-answering models)."
+    ),
+    r2plus1d_weights: Path | None = typer.Option(
+        None,
+        "--r2plus1d-weights",
+        help="torchvision r2plus1d_18 state dict (models that read 3-D visual features).",
+    ),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward pass."),
+    recipe: ReleaseRecipeOption = None,
+) -> None:
+    """Run a checkpoint on your own clips: a table per clip, and a picture and JSON with --out."""
+    import json
+
+    from ..atomic import atomic_write_json
+    from ..predict import predict_clip
+    from ..runtime import progress_bar
+
+    _check_writable(json_out)
+    if out is not None:
+        _check_writable(out / "x.png")
+    model, r, task, info, device = _load_for_clips(checkpoint, recipe)
+    options = {"question": question, "r2plus1d_weights": r2plus1d_weights}
+    results, used = [], set()
+    with progress_bar(err_console, disable=not show_progress()) as bar:
+        job = bar.add_task("predicting", total=len(videos), info="")
+        for video in videos:
+            bar.update(job, info=video.name)
+            result = predict_clip(
+                model, task, r.data, info, video, options, device, r.train.precision, stride, batch_size
+            )
+            bar.advance(job)
+            if result.summary is None:
+                err_console.print(f"[yellow]skipped {video}: {result.error}", highlight=False)
+                results.append({"clip": str(video), "error": result.error})
+                continue
+            console.print(task.prediction_table(result.summary))
+            results.append(result.summary)
+            if out is not None:
+                stem = _clip_stem(video, used)
+                task.draw_prediction(result.context, result.summary, out / f"{stem}.png")
+                atomic_write_json(out / f"{stem}.json", result.summary)
+    if json_out is not None:
+        atomic_write_json(json_out, {"checkpoint": str(checkpoint), "task": r.task, "clips": results})
+    done = sum("error" not in x for x in results)
+    if done == 0:
+        raise ValueError(f"no clip could be used ({json.dumps([x['error'] for x in results])})")
+    if out is not None:
+        console.print(f"wrote {done} picture(s) and JSON file(s) to {out}", highlight=False)
+
+
+@visualize_app.command("attention")
+@command
+def attention(
+    checkpoint: CheckpointOption,
+    videos: list[Path] = typer.Argument(None, help="Clips (or use --data/--split)."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Prepared dataset folder (instead of clips)."
+    ),
+    split: SplitOption = "test",
+    limit: int = typer.Option(8, "--limit", min=1, help="Samples of --data to draw."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for one PNG per clip and index.html."),
+    recipe: ReleaseRecipeOption = None,
+) -> None:
+    """The adapters' audio-guided visual attention and visually guided audio attention, per segment."""
+    import numpy as np
+
+    from ..viz.attention import attention_maps, draw_attention, write_index
+
+    if bool(videos) == (data is not None):
+        raise ValueError("give clips or --data (with --split), not both and not neither")
+    _check_writable(out / "index.html")
+    model, r, task, info, device = _load_for_clips(checkpoint, recipe)
+    samples = []  # (caption, stem, frames uint8 [T,H,W,3], frames tensor, audio tensor)
+    if videos:
+        from ..data.video import DecodeError, decode_windows
+        from ..predict import window_batch
+
+        for video in videos:
+            try:
+                windows, _ = decode_windows(
+                    video, model.cfg.num_segments, model.cfg.visual.img_size, model.cfg.audio.sample_rate
+                )
+            except DecodeError as exc:
+                err_console.print(f"[yellow]skipped {video}: {exc.reason}", highlight=False)
+                continue
+            frames, audio = window_batch(model, windows[:1], r.data)
+            samples.append(
+                (f"{video} (0-{model.cfg.num_segments} s)", video, windows[0].frames, frames, audio)
+            )
+    else:
+        from ..factory import open_split
+
+        dataset = open_split(r, data, split, what=f"the checkpoint {checkpoint}")
+        for i in range(min(limit, len(dataset))):
+            item = dataset[i]
+            raw = np.array(dataset.cache.frames(dataset.samples[i]["video_id"]))
+            samples.append(
+                (
+                    f"{split} {dataset.sample_ids[i]}",
+                    Path(dataset.sample_ids[i]),
+                    raw,
+                    item["frames"][None],
+                    item["audio"][None],
+                )
+            )
+    entries, used = [], set()
+    for caption, name, raw, frames, audio in samples:
+        maps = attention_maps(model, frames.to(device), audio.to(device))
+        stem = _clip_stem(Path(name), used)
+        draw_attention(out / f"{stem}.png", caption, _to_display(raw, maps["visual"].shape[-2:]), maps)
+        entries.append((caption, f"{stem}.png"))
+    if not entries:
+        raise ValueError("no clip could be used")
+    write_index(out / "index.html", entries)
+    console.print(f"wrote {len(entries)} picture(s) and {out / 'index.html'}", highlight=False)
+
+
+def _to_display(frames, size):
+    """uint8 frames resized to the model's input size (the maps' size) for overlays."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
 def _register_subapps() -> None:
     from .bench_cmd import bench
     from .prepare_cmd import prepare_app

@@ -36,6 +36,7 @@ from .report import (
 )
 
 __all__ = [
+    "AVE_CATEGORIES",
     "AVE_HEADER",
     "AVE_NUM_SEGMENTS",
     "AVE_SPLIT_FILES",
@@ -49,6 +50,38 @@ __all__ = [
     "segment_labels",
     "summary_table",
 ]
+
+# The 28 AVE categories in the published class order (categories.txt).
+AVE_CATEGORIES = (
+    "Church bell",
+    "Male speech, man speaking",
+    "Bark",
+    "Fixed-wing aircraft, airplane",
+    "Race car, auto racing",
+    "Female speech, woman speaking",
+    "Helicopter",
+    "Violin, fiddle",
+    "Flute",
+    "Ukulele",
+    "Frying (food)",
+    "Truck",
+    "Shofar",
+    "Motorcycle",
+    "Acoustic guitar",
+    "Train horn",
+    "Clock",
+    "Banjo",
+    "Goat",
+    "Baby cry, infant cry",
+    "Bus",
+    "Chainsaw",
+    "Cat",
+    "Horse",
+    "Toilet flush",
+    "Rodents, rats, mice",
+    "Accordion",
+    "Mandolin",
+)
 
 AVE_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 AVE_NUM_SEGMENTS = 10

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .manifest import PreparedCache, _is_int
 
-__all__ = ["SegmentDataset", "make_loader"]
+__all__ = ["SegmentDataset", "frames_to_tensor", "make_loader", "tiled_segments"]
 
 
 def _target_tensor(values: list) -> torch.Tensor:
@@ -23,6 +23,32 @@ def _target_tensor(values: list) -> torch.Tensor:
     if all(_is_int(v) for v in values):
         return torch.tensor(values, dtype=torch.long)
     return torch.tensor(values, dtype=torch.float32)
+
+
+def frames_to_tensor(
+    frames: np.ndarray, image_size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """uint8 ``[S, H, W, 3]`` frames (writable) -> normalised float32 ``[S, 3, size, size]``:
+    /255, bicubic resize of the float tensor when the size differs (no antialias, no clamp, as
+    the release), then ``(x - mean) / std`` with ``[1, 3, 1, 1]`` statistics."""
+    # .float() makes the one float copy and the arithmetic below works in place on it.
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=False
+        )
+    return x.sub_(mean).div_(std)
+
+
+def tiled_segments(wave: torch.Tensor, num_segments: int, sample_rate: int, tiling: int) -> torch.Tensor:
+    """Mono audio -> ``[num_segments, sample_rate * tiling]``: each 1-s segment repeated back to
+    back ``tiling`` times (the release's input to HTS-AT)."""
+    length = num_segments * sample_rate
+    if wave.shape[0] < length:  # resampling can round a few samples away
+        wave = F.pad(wave, (0, length - wave.shape[0]))
+    segments = wave[:length].reshape(num_segments, sample_rate)
+    # [a b c] -> [a b c a b c ...]: each row is its own second repeated (np.tile per row).
+    return segments.repeat(1, tiling)
 
 
 class SegmentDataset(Dataset):
@@ -70,19 +96,7 @@ class SegmentDataset(Dataset):
         return len(self.samples)
 
     def _frames(self, video_id: str) -> torch.Tensor:
-        # np.array copies the memmapped slice, so the tensor owns writable memory; .float() makes
-        # the one float copy and the arithmetic below works in place on it.
-        x = torch.from_numpy(np.array(self.cache.frames(video_id))).permute(0, 3, 1, 2).float().div_(255.0)
-        if self.image_size != self.cache.image_size:
-            # The release resized float tensors bicubically, no antialias and no clamp.
-            x = F.interpolate(
-                x,
-                size=(self.image_size, self.image_size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=False,
-            )
-        return x.sub_(self._mean).div_(self._std)
+        return frames_to_tensor(np.array(self.cache.frames(video_id)), self.image_size, self._mean, self._std)
 
     def _audio(self, video_id: str) -> torch.Tensor:
         wave = torch.from_numpy(np.array(self.cache.audio(video_id), dtype=np.float32))
@@ -90,12 +104,7 @@ class SegmentDataset(Dataset):
             import torchaudio.functional as AF  # only needed when resampling
 
             wave = AF.resample(wave, self.cache.sample_rate, self.sample_rate)
-        length = self.num_segments * self.sample_rate
-        if wave.shape[0] < length:  # resampling can round a few samples away
-            wave = F.pad(wave, (0, length - wave.shape[0]))
-        segments = wave[:length].reshape(self.num_segments, self.sample_rate)
-        # [a b c] -> [a b c a b c ...]: each row is its own second repeated (np.tile per row).
-        return segments.repeat(1, self.segment_tiling)
+        return tiled_segments(wave, self.num_segments, self.sample_rate, self.segment_tiling)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self.samples[i]

@@ -40,18 +40,20 @@ def st_frame_indices(
     fps: float,
     num_segments: int = NUM_SEGMENTS,
     frames_per_segment: int = R2P1D_FRAMES_PER_SEGMENT,
+    start: int = 0,
 ) -> np.ndarray:
     """Frame indices ``[num_segments, frames_per_segment]``: evenly spaced inside each second.
 
-    Frame j of segment i is the one shown at ``i + (j + 0.5) / frames_per_segment`` seconds. A clip
-    shorter than ``num_segments`` seconds (or without a usable fps) spreads all indices evenly over
-    the frames it has, as :func:`~dgsct_cli.data.video.frame_indices` does.
+    Frame j of segment i is the one shown at ``start + i + (j + 0.5) / frames_per_segment``
+    seconds. A clip shorter than ``start + num_segments`` seconds (or without a usable fps) spreads
+    all indices evenly over the frames it has, as :func:`~dgsct_cli.data.video.frame_indices` does.
     """
     if num_frames <= 0:
         raise ValueError("the video has no frames")
-    if fps > 0 and math.isfinite(fps) and num_frames / fps >= num_segments:
+    if fps > 0 and math.isfinite(fps) and num_frames / fps >= start + num_segments:
         times = (
-            np.arange(num_segments)[:, None]
+            start
+            + np.arange(num_segments)[:, None]
             + (np.arange(frames_per_segment)[None, :] + 0.5) / frames_per_segment
         )
         return np.minimum(np.floor(times * fps).astype(np.int64), num_frames - 1)
@@ -133,13 +135,17 @@ def _cached_model(weights: str) -> torch.nn.Module:
     return load_r2plus1d_18(weights)
 
 
-def _decode_st_frames(path: str, num_segments: int, frames_per_segment: int, size: int) -> torch.Tensor:
+def _decode_st_frames(
+    path: str, num_segments: int, frames_per_segment: int, size: int, start: int = 0
+) -> torch.Tensor:
     """Network input for every segment of ``path`` (decord), resized segment by segment so a
     high-resolution video never holds all its frames at full size."""
     decord, errors = quiet_decord()
     try:
         reader = decord.VideoReader(path, num_threads=1)
-        indices = st_frame_indices(len(reader), float(reader.get_avg_fps()), num_segments, frames_per_segment)
+        indices = st_frame_indices(
+            len(reader), float(reader.get_avg_fps()), num_segments, frames_per_segment, start
+        )
         clips = []
         for row in indices:
             unique, inverse = np.unique(row, return_inverse=True)
@@ -157,12 +163,14 @@ def compute_video_st(
     num_segments: int = NUM_SEGMENTS,
     frames_per_segment: int = R2P1D_FRAMES_PER_SEGMENT,
     size: int = R2P1D_SIZE,
+    start: int = 0,
 ) -> np.ndarray:
-    """``video_st`` float32 ``[num_segments, 512]`` of the video file ``path`` with r2plus1d_18.
+    """``video_st`` float32 ``[num_segments, 512]`` of the video file ``path`` (from second
+    ``start``) with r2plus1d_18.
 
     Runs in the decoding worker right after ``decode_clip`` (see ``ExtraArraySpec``). The file is
     opened a second time there: the 80 frames (8 per second) are not the 10 mid-second frames
     ``decode_clip`` reads, and the network, not the decoding, dominates the cost.
     """
-    clips = _decode_st_frames(path, num_segments, frames_per_segment, size)
+    clips = _decode_st_frames(path, num_segments, frames_per_segment, size, start)
     return r2plus1d_segment_features(_cached_model(weights), clips)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_output
-from .ave import AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
+from .ave import AVE_CATEGORIES, AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
 from .avvp import AVVP_CLASSES, AVVP_EVAL_FILES, AVVP_NUM_SEGMENTS, AVVP_SPLIT_FILES, VIDEO_ST_DIM
 
 __all__ = [
@@ -29,37 +29,6 @@ __all__ = [
     "write_synthetic_llp",
 ]
 
-# The 28 AVE categories in the published class order (categories.txt).
-AVE_CATEGORIES = (
-    "Church bell",
-    "Male speech, man speaking",
-    "Bark",
-    "Fixed-wing aircraft, airplane",
-    "Race car, auto racing",
-    "Female speech, woman speaking",
-    "Helicopter",
-    "Violin, fiddle",
-    "Flute",
-    "Ukulele",
-    "Frying (food)",
-    "Truck",
-    "Shofar",
-    "Motorcycle",
-    "Acoustic guitar",
-    "Train horn",
-    "Clock",
-    "Banjo",
-    "Goat",
-    "Baby cry, infant cry",
-    "Bus",
-    "Chainsaw",
-    "Cat",
-    "Horse",
-    "Toilet flush",
-    "Rodents, rats, mice",
-    "Accordion",
-    "Mandolin",
-)
 # Marks a root written by this module, so we never overwrite a real dataset's annotations.
 MARKER = ".dgsct-synthetic"
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))

@@ -8,14 +8,26 @@ one per second, resized bicubically (no antialias) to ``image_size`` squared, an
 from __future__ import annotations
 
 import math
+import os
 import re
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FRAME_RULES", "DecodeError", "decode_clip", "frame_indices", "resize_frames", "tile_audio"]
+__all__ = [
+    "FRAME_RULES",
+    "ClipWindow",
+    "DecodeError",
+    "decode_clip",
+    "decode_windows",
+    "frame_indices",
+    "resize_frames",
+    "tile_audio",
+]
 
 
 class DecodeError(ValueError):
@@ -179,3 +191,99 @@ def decode_clip(
         first = min(max(first, 0), max(wave.shape[0] - sample_rate, 0))
         audio.append(tile_audio(wave[first : first + sample_rate], sample_rate))
     return frames, np.concatenate(audio)
+
+
+@dataclass
+class ClipWindow:
+    """One model window of a user's clip: ``num_segments`` one-second segments from ``start``
+    (seconds), frames uint8 ``[S, H, W, 3]`` and mono audio float32 ``[S * sample_rate]``."""
+
+    start: int
+    frames: np.ndarray
+    audio: np.ndarray
+
+
+@contextmanager
+def _quiet_stderr():
+    """decord/FFmpeg write C++ log lines straight to file descriptor 2; the reason of a failure
+    is reported to the user anyway, so hide those lines while decord opens and reads a file."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def decode_windows(
+    path: str | Path,
+    num_segments: int,
+    image_size: int,
+    sample_rate: int,
+    stride: int | None = None,
+) -> tuple[list[ClipWindow], float]:
+    """A clip of any length as model windows, decoded once; returns (windows, duration in s).
+
+    A clip of at most ``num_segments`` seconds is one window, decoded as ``prepare`` decodes a
+    short clip (frames spread over the clip, audio tiled). A longer one is cut into windows of
+    ``num_segments`` seconds every ``stride`` seconds (default: back to back); the last window is
+    aligned to the clip's end so every second is covered. Each segment's frame is the one nearest
+    the middle of its second, as in ``prepare``. Raises :class:`DecodeError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError("missing")
+    decord, errors = quiet_decord()
+    try:
+        with _quiet_stderr():
+            reader = decord.VideoReader(str(path), num_threads=0)
+        num_frames, fps = len(reader), float(reader.get_avg_fps())
+    except errors as exc:
+        raise DecodeError(f"corrupt: {_open_failure(path, exc)}") from exc
+    if num_frames <= 0:
+        raise DecodeError("corrupt: no frames")
+    duration = num_frames / fps if fps > 0 and math.isfinite(fps) else float(num_segments)
+    seconds = max(1, int(math.floor(duration + 1e-6)))
+    if seconds <= num_segments:
+        starts = [0]
+    else:
+        step = max(1, stride or num_segments)
+        starts = list(range(0, seconds - num_segments + 1, step))
+        if starts[-1] != seconds - num_segments:
+            starts.append(seconds - num_segments)
+    try:
+        with _quiet_stderr():
+            audio_reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
+        wave = np.asarray(audio_reader[:].asnumpy(), dtype=np.float32).reshape(-1)
+        del audio_reader
+    except errors as exc:
+        raise DecodeError("no audio") from exc
+    if wave.size == 0:
+        raise DecodeError("no audio")
+    windows = []
+    try:
+        for start in starts:
+            if seconds <= num_segments:
+                indices = frame_indices(num_frames, fps, num_segments)
+                audio = tile_audio(wave, num_segments * sample_rate)
+            else:
+                mids = np.floor((start + np.arange(num_segments) + 0.5) * fps + 0.5).astype(np.int64)
+                indices = np.minimum(mids, num_frames - 1)
+                first = start * sample_rate
+                audio = tile_audio(
+                    wave[first : first + num_segments * sample_rate], num_segments * sample_rate
+                )
+            frames = reader.get_batch(indices.tolist()).asnumpy().astype(np.uint8, copy=False)
+            windows.append(ClipWindow(start, resize_frames(frames, image_size), audio))
+    except errors as exc:
+        raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
+    finally:
+        del reader
+    return windows, duration

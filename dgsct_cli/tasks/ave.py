@@ -15,7 +15,7 @@ from rich.table import Table
 from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
 from ..schema import Annotated, OneOf
-from .base import ReleaseLayout, Task, register_task
+from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
 
 
 @dataclass
@@ -197,6 +197,79 @@ class AVETask(Task):
 
     def prepare_command(self):
         return prepare_ave_command
+
+    def default_data_info(self, num_classes):
+        from ..data.ave import AVE_CATEGORIES
+
+        n = num_classes or len(AVE_CATEGORIES)
+        return DataInfo("ave", list(AVE_CATEGORIES[:n]), n)
+
+    def summarize_prediction(self, ctx, outputs):
+        """A per-second (per-segment for a short clip) timeline: the event class or background,
+        the probability that the second holds the event, and the top classes."""
+        seg = ctx.per_second([torch.sigmoid(o["segment_logits"]) for o in outputs])
+        probs = ctx.per_second(
+            [torch.softmax(o["event_logits"], -1).expand(o["segment_logits"].shape[0], -1) for o in outputs]
+        )
+        names = ctx.info.class_names
+        spans = ctx.spans(len(seg))
+        segments, labels = [], []
+        for (start, end), p, dist in zip(spans, seg.tolist(), probs, strict=True):
+            top = torch.topk(dist, min(3, dist.numel()))
+            label = names[int(top.indices[0])] if p > 0.5 else "background"
+            labels.append(label)
+            segments.append(
+                {
+                    "start": round(start, 3),
+                    "end": round(end, 3),
+                    "label": label,
+                    "event_probability": round(float(p), 4),
+                    "top_classes": [
+                        [names[int(i)], round(float(v), 4)] for v, i in zip(top.values, top.indices)
+                    ],
+                }
+            )
+        return {
+            "clip": str(ctx.path),
+            "task": self.name,
+            "duration": round(ctx.duration, 3),
+            "windows": [w.start for w in ctx.windows],
+            "segments": segments,
+            "events": label_runs(labels, spans, skip="background"),
+        }
+
+    def prediction_table(self, summary):
+        table = Table(title=f"{summary['clip']}: AVE timeline", title_justify="left")
+        for column in ("time (s)", "prediction", "p(event)", "top class"):
+            table.add_column(column, justify="right" if column.startswith("p") else "left")
+        for s in summary["segments"]:
+            name, p = s["top_classes"][0]
+            table.add_row(
+                f"{s['start']:g}-{s['end']:g}",
+                s["label"],
+                f"{s['event_probability']:.2f}",
+                f"{name} ({p:.2f})",
+            )
+        return table
+
+    def draw_prediction(self, ctx, summary, path):
+        from ..viz.timeline import class_colours, draw_tracks, frame_strip
+
+        segments = summary["segments"]
+        end = segments[-1]["end"]
+        names = ctx.info.class_names
+        colours = dict(zip(names, class_colours(len(names)), strict=True))
+        spans = [(e["start"], e["end"], e["label"]) for e in summary["events"]]
+        seconds = max(1, int(round(end)))
+        draw_tracks(
+            path,
+            f"{Path(summary['clip']).name}: AVE events",
+            frame_strip(ctx.windows, seconds),
+            seconds,
+            [("event", spans)],
+            colours,
+            curves=[("p(event)", [s["event_probability"] for s in segments])],
+        )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
         batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)

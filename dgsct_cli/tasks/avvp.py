@@ -18,7 +18,7 @@ from ..models.heads.mgn import (
 )
 from ..schema import Annotated, OneOf, Range
 from .avvp_metrics import AVVP_CLASSES, SCORE_KEYS, format_parsing_table, parsing_scores
-from .base import ReleaseLayout, Task, register_task
+from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
 
@@ -231,6 +231,87 @@ class AVVPTask(Task):
 
     def prepare_command(self):
         return prepare_avvp_command
+
+    def default_data_info(self, num_classes):
+        n = num_classes or len(AVVP_CLASSES)
+        return DataInfo("avvp", list(AVVP_CLASSES[:n]), None)
+
+    def predict_inputs(self, ctx, window):
+        """The 3-D visual features of the window, computed with the user's r2plus1d_18 file."""
+        from ..data.r2plus1d import compute_video_st
+
+        weights = ctx.options.get("r2plus1d_weights")
+        if not weights:
+            raise ValueError(
+                "AVVP predictions need the 3-D visual features: pass --r2plus1d-weights FILE "
+                "(a torchvision r2plus1d_18 state dict)"
+            )
+        w = ctx.windows[window]
+        start = w.start if len(ctx.windows) > 1 else 0
+        return {"video_st": torch.from_numpy(compute_video_st(str(ctx.path), str(weights), start=start))}
+
+    def summarize_prediction(self, ctx, outputs):
+        """The parsing: audio, visual and audio-visual events with onsets and offsets, by the
+        release's rule (frame probability >= 0.5, kept where the video-level head says >= 0.5)."""
+        t = outputs[0]["audio_frame_prob"].shape[0]
+        video = ctx.per_second([o["video_prob"].expand(t, -1) for o in outputs]) >= 0.5
+        audio = (ctx.per_second([o["audio_frame_prob"] for o in outputs]) >= 0.5) & video
+        visual = (ctx.per_second([o["visual_frame_prob"] for o in outputs]) >= 0.5) & video
+        spans = ctx.spans(audio.shape[0])
+        names = ctx.info.class_names
+        events = []
+        for modality, active in (("audio", audio), ("visual", visual), ("audio-visual", audio & visual)):
+            for c in range(active.shape[1]):
+                labels = [names[c] if bool(x) else "" for x in active[:, c]]
+                for run in label_runs(labels, spans, skip=""):
+                    events.append(
+                        {
+                            "modality": modality,
+                            "class": run["label"],
+                            "onset": run["start"],
+                            "offset": run["end"],
+                        }
+                    )
+        return {
+            "clip": str(ctx.path),
+            "task": self.name,
+            "duration": round(ctx.duration, 3),
+            "windows": [w.start for w in ctx.windows],
+            "video_probabilities": {
+                names[c]: round(float(p), 4)
+                for c, p in enumerate(torch.stack([o["video_prob"] for o in outputs]).mean(0))
+            },
+            "events": events,
+        }
+
+    def prediction_table(self, summary):
+        table = Table(title=f"{summary['clip']}: AVVP parsing", title_justify="left")
+        for column in ("modality", "class", "onset (s)", "offset (s)"):
+            table.add_column(column)
+        for e in summary["events"]:
+            table.add_row(e["modality"], e["class"], f"{e['onset']:g}", f"{e['offset']:g}")
+        if not summary["events"]:
+            table.add_row("-", "no event found", "", "")
+        return table
+
+    def draw_prediction(self, ctx, summary, path):
+        from ..viz.timeline import class_colours, draw_tracks, frame_strip
+
+        names = ctx.info.class_names
+        colours = dict(zip(names, class_colours(len(names)), strict=True))
+        seconds = max(1, int(round(ctx.seconds() or ctx.duration)))
+        tracks = [
+            (m, [(e["onset"], e["offset"], e["class"]) for e in summary["events"] if e["modality"] == m])
+            for m in ("audio", "visual", "audio-visual")
+        ]
+        draw_tracks(
+            path,
+            f"{Path(summary['clip']).name}: AVVP parsing",
+            frame_strip(ctx.windows, seconds),
+            seconds,
+            tracks,
+            colours,
+        )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
         batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)

@@ -23,16 +23,19 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from ..data.manifest import PreparedCache
+    from ..data.video import ClipWindow
     from ..models.dgsct import ModelConfig
 
 __all__ = [
     "DataInfo",
     "Evaluator",
+    "PredictContext",
     "ReleaseLayout",
     "Task",
     "TASKS",
     "available_tasks",
     "get_task",
+    "label_runs",
     "prepare_commands",
     "register_task",
 ]
@@ -71,6 +74,60 @@ class ReleaseLayout:
     unused_keys: dict[str, str] = field(default_factory=dict)
     rename: Callable[[str], str] | None = None
     map_state: Callable[[dict, Any, dict[str, str]], tuple[dict, list[str]]] | None = None
+
+
+@dataclass
+class PredictContext:
+    """One of the user's clips as ``dgsct predict`` sees it: its model windows (decoded like
+    ``prepare`` decodes), the classes the model knows, and the command's options (``question``,
+    ``r2plus1d_weights``, ...)."""
+
+    path: Path
+    windows: list[ClipWindow]
+    duration: float
+    info: DataInfo
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def seconds(self) -> int | None:
+        """Whole seconds the windows cover, or None for a clip shorter than one window (tiled
+        into it, its segments are not seconds)."""
+        segments = self.windows[0].frames.shape[0]
+        last = max(w.start for w in self.windows) + segments
+        return last if len(self.windows) > 1 or self.duration >= segments - 1e-6 else None
+
+    def spans(self, count: int) -> list[tuple[float, float]]:
+        """Time span (seconds) of each of the ``count`` reported segments."""
+        seconds = self.seconds()
+        if seconds is not None:
+            return [(float(s), float(s + 1)) for s in range(seconds)]
+        return [(t * self.duration / count, (t + 1) * self.duration / count) for t in range(count)]
+
+    def per_second(self, per_window: list[torch.Tensor]) -> torch.Tensor:
+        """Per-second values from each window's ``[segments, ...]`` values, averaging windows
+        that overlap on a second; a clip shorter than a window keeps the window's segments."""
+        import torch
+
+        seconds = self.seconds()
+        if seconds is None:
+            return per_window[0]
+        shape = per_window[0].shape[1:]
+        total = torch.zeros(seconds, *shape)
+        count = torch.zeros(seconds)
+        for w, values in zip(self.windows, per_window, strict=True):
+            total[w.start : w.start + values.shape[0]] += values
+            count[w.start : w.start + values.shape[0]] += 1
+        return total / count.clamp(min=1).view(-1, *([1] * len(shape)))
+
+
+def label_runs(labels: list[str], spans: list[tuple[float, float]], skip: str | None = None) -> list[dict]:
+    """Maximal runs of equal labels over consecutive spans as ``{label, start, end}``."""
+    events: list[dict] = []
+    for label, (start, end) in zip(labels, spans, strict=True):
+        if events and events[-1]["label"] == label and abs(events[-1]["end"] - start) < 1e-6:
+            events[-1]["end"] = end
+        else:
+            events.append({"label": label, "start": start, "end": end})
+    return [e for e in events if e["label"] != skip]
 
 
 class Task:
@@ -186,6 +243,28 @@ class Task:
 
     def segment_labels(self, batch: dict[str, Any]) -> torch.Tensor:
         """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours."""
+        raise NotImplementedError
+
+    # -- predictions on a user's clip (``dgsct predict``) ----------------------------------------
+    def default_data_info(self, num_classes: int | None) -> DataInfo | None:
+        """The classes of a model that carries none (a release checkpoint): the task's dataset's."""
+        return None
+
+    def predict_inputs(self, ctx: PredictContext, window: int) -> dict[str, torch.Tensor]:
+        """Model inputs of window ``window`` besides frames and audio (e.g. 3-D features, a question)."""
+        return {}
+
+    def summarize_prediction(
+        self, ctx: PredictContext, outputs: list[dict[str, torch.Tensor]]
+    ) -> dict[str, Any]:
+        """What a person wants to see of one clip, as JSON-able data, from each window's outputs."""
+        raise ValueError(f"task {self.name!r} cannot predict on a clip yet")
+
+    def prediction_table(self, summary: dict[str, Any]) -> Table:
+        raise NotImplementedError
+
+    def draw_prediction(self, ctx: PredictContext, summary: dict[str, Any], path: Path) -> None:
+        """Write a PNG of the prediction (e.g. a timeline under sampled frames)."""
         raise NotImplementedError
 
     def label_names(self, dataset: Any) -> list[str]:

@@ -9,6 +9,7 @@ registers architectures and open_clip picks its towers from a config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,6 +92,12 @@ class StagedNHWCView:
     @staticmethod
     def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.view(like.shape)
+
+    @staticmethod
+    def grid(values: torch.Tensor) -> torch.Tensor:
+        """Per-token values ``[N, L]`` of a square stage as an image ``[N, h, w]`` (for pictures)."""
+        side = math.isqrt(values.shape[-1])
+        return values.reshape(values.shape[0], side, side)
 
 
 # (walker, pair index, visual block, audio block, v, a) -> (v, a, visual map, audio map)

@@ -7,6 +7,7 @@ The architecture comes from the recipe (ViT-B/32 by default) and the file must f
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,12 @@ class CLIPVisionView:
     @staticmethod
     def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t
+
+    @staticmethod
+    def grid(values: torch.Tensor) -> torch.Tensor:
+        """Per-token values ``[N, 1 + g*g]`` as an image ``[N, g, g]`` (the CLS token left out)."""
+        side = math.isqrt(values.shape[-1] - 1)
+        return values[:, 1:].reshape(values.shape[0], side, side)
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """CLIP's image embedding of the final tokens: ``ln_post`` of the CLS token, then ``proj``."""

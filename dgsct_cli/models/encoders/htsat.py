@@ -257,6 +257,14 @@ class HTSAT(nn.Module):
         x = x.reshape(n, 1, mel, cfg.freq_ratio, cfg.spec_size).transpose(2, 3)
         return x.reshape(n, 1, cfg.spec_size, cfg.spec_size)
 
+    def image_to_time_frequency(self, image: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`wav2img`'s stacking: ``[N, S, S]`` (an image, or a map over it) ->
+        ``[N, mel, max_frames]`` (frequency rows, time columns)."""
+        cfg = self.cfg
+        n = image.shape[0]
+        chunks = image.reshape(n, cfg.freq_ratio, cfg.mel_bins, cfg.spec_size)
+        return chunks.permute(0, 2, 1, 3).reshape(n, cfg.mel_bins, cfg.freq_ratio * cfg.spec_size)
+
     def embed(self, wave: torch.Tensor, mix_lambda: torch.Tensor | None = None) -> torch.Tensor:
         """Waveforms ``[N, samples]`` -> patch tokens ``[N, H, W, C]`` ready for stage 1."""
         return self.patch_embed(self.wav2img(self.log_mel(wave, mix_lambda)))

@@ -1,0 +1,112 @@
+"""What the model looks at and listens to: the DG-SCT adapters' spatial attention, per segment.
+
+For each segment of a clip: the frame with the last visual adapter's audio-guided spatial map
+(upsampled to the frame) as a heat map, beside the frozen encoder's own token activity (the norm of
+each token of the adapter-free pass, a map with no audio in it), and the log-mel the audio tower
+sees with the last audio adapter's visually guided map over time and frequency.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..atomic import atomic_output, atomic_write_bytes
+from ..models.dgsct import DGSCTModel
+
+__all__ = ["attention_maps", "draw_attention", "write_index"]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Each map scaled to [0, 1] (per row)."""
+    flat = x.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    return ((flat - low[:, None]) / (high - low).clamp(min=1e-12)[:, None]).view_as(x)
+
+
+@torch.no_grad()
+def attention_maps(model: DGSCTModel, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, np.ndarray]:
+    """Maps of one sample (``frames [1, T, 3, H, W]``, ``audio [1, T, L]``), each ``[T, ...]``:
+
+    - ``visual``: the last visual p2 adapter's spatial attention, bilinearly upsampled to the
+      frame ``[T, H, W]``, scaled to [0, 1];
+    - ``plain``: the frozen visual encoder's token norms without adapters, same size, [0, 1];
+    - ``log_mel``: the (time-resized) log-mel the audio tower sees ``[T, mel, frames]``;
+    - ``audio``: the last audio p2 adapter's map over that log-mel ``[T, mel, frames]``, [0, 1].
+    """
+    model.eval()
+    enc = model.encoder
+    out = model.encode(frames, audio)
+    if out.visual_map is None or out.audio_map is None:
+        raise ValueError("the model has no adapter maps (no adapters ran)")
+    v_view, a_view = enc.views
+    size = frames.shape[-2:]
+    visual = v_view.grid(out.visual_map[:, 0])  # [T, h, w]
+    visual = F.interpolate(visual[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    tokens = model.encode_plain(frames)  # [T, L, C]
+    plain = v_view.grid(tokens.norm(dim=-1))
+    plain = F.interpolate(plain[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    htsat = enc.audio
+    log_mel = htsat.log_mel(audio.flatten(0, 1))  # [T, 1, frames, mel]
+    image = htsat.wav2img(log_mel)[:, 0]  # [T, S, S]
+    spec = image.shape[-1]
+    audio_grid = a_view.grid(out.audio_map[:, 0])  # [T, g, g] over the S x S image
+    audio_image = F.interpolate(audio_grid[:, None], size=(spec, spec), mode="nearest")[:, 0]
+    return {
+        "visual": _unit(visual).numpy(),
+        "plain": _unit(plain).numpy(),
+        "log_mel": htsat.image_to_time_frequency(image).numpy(),
+        "audio": _unit(htsat.image_to_time_frequency(audio_image)).numpy(),
+    }
+
+
+def draw_attention(path: Path, title: str, frames: np.ndarray, maps: dict[str, np.ndarray]) -> None:
+    """One PNG: a row per segment with the frame + DG-SCT map, the frame + the frozen encoder's
+    map, and the log-mel + the audio adapter's map. ``frames`` are uint8 ``[T, H, W, 3]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = frames.shape[0]
+    fig, axes = plt.subplots(t, 3, figsize=(10, 2.0 * t + 0.6), squeeze=False)
+    headers = (
+        "DG-SCT visual attention (audio-guided)",
+        "frozen encoder, no adapters",
+        "audio attention (visually guided)",
+    )
+    for row in range(t):
+        ax_v, ax_p, ax_a = axes[row]
+        for ax, key in ((ax_v, "visual"), (ax_p, "plain")):
+            ax.imshow(frames[row])
+            ax.imshow(maps[key][row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_a.imshow(maps["log_mel"][row], origin="lower", aspect="auto", cmap="gray")
+        ax_a.imshow(maps["audio"][row], origin="lower", aspect="auto", cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax_a.set_xticks([])
+        ax_a.set_yticks([])
+        ax_v.set_ylabel(f"segment {row}", fontsize=8)
+        if row == 0:
+            for ax, header in zip(axes[0], headers, strict=True):
+                ax.set_title(header, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_index(path: Path, entries: list[tuple[str, str]]) -> None:
+    """An HTML page listing the pictures: ``(caption, image file name)`` pairs."""
+    rows = "\n".join(
+        f'<figure><figcaption>{html.escape(caption)}</figcaption><img src="{html.escape(name)}" '
+        f'style="max-width:100%"></figure>'
+        for caption, name in entries
+    )
+    page = f"<!doctype html>\n<meta charset=utf-8>\n<title>DG-SCT attention</title>\n{rows}\n"
+    atomic_write_bytes(path, page.encode("utf-8"))
