@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import io
 import json
 import math
 import os
@@ -352,8 +353,6 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        import io
-
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(self.out / STATE_FILE, buffer.getvalue())
@@ -436,7 +435,8 @@ class Trainer:
         if r.train.max_steps_per_epoch:
             batches_per_epoch = min(batches_per_epoch, r.train.max_steps_per_epoch * r.train.grad_accum)
         last_val: dict[str, Any] = {}
-        stopped_early = False
+        patience = r.train.early_stop
+        stopped_early = patience is not None and prog.epochs_since_best >= patience  # a resumed early stop
         try:
             with self.stop.installed():
                 if prog.pending_validation:
@@ -457,7 +457,15 @@ class Trainer:
                     if self.is_main:
                         self._commit(prog, grads=False)
                     last_val = self._validate_and_record(prog)
-                    patience = r.train.early_stop
+                    if prog.epoch < r.train.epochs and self._stop_requested():
+                        # Ctrl-C that arrived during a multi-process validation (which runs to its
+                        # end there): the epoch is committed, stop before the next one.
+                        message = f"interrupted after epoch {prog.epoch}"
+                        if self.is_main:
+                            self.console.print(
+                                f"[yellow]{message}: state saved; continue with 'dgsct train --output {self.out} --resume'"
+                            )
+                        raise TrainingInterrupted(message)
                     if patience is not None and prog.epochs_since_best >= patience:
                         stopped_early = True
                         if self.is_main:
@@ -612,7 +620,9 @@ class Trainer:
                     calls["n"] += 1
                     if self.test_sigint_in_validation == prog.epoch and calls["n"] == 1:
                         os.kill(os.getpid(), signal.SIGINT)
-                    return self.stop.requested
+                    # Only a single process may stop mid-validation: under torchrun the other
+                    # ranks wait at the barrier after it, so validation runs to its end there.
+                    return self.stop.requested and dist_utils.world_size() == 1
 
                 try:
                     val = evaluate(
