@@ -123,7 +123,7 @@ def test_release_protocol_accuracy_is_the_mean_of_batch_accuracies(loss_ref, scr
     from dgsct_cli.tasks.base import get_task
 
     task = get_task(SCRIPTS[script])
-    ev = FewShotEvaluator(task.event, 28, averaging="batch_mean", llp_rule="lowest", no_event="class0")
+    ev = FewShotEvaluator(task.metric, 28, averaging="batch_mean", llp_rule="lowest", no_event="class0")
     for b in ref["batches"]:
         n = b["GT"].shape[0]
         ev.update({"event_logits": b["event_scores"].view(n, 10, -1)}, _batch(b["GT"]))
@@ -378,3 +378,117 @@ def test_a_release_layout_state_dict_with_random_values_loads_strictly_and_runs(
             ).model,
         )
     assert TINY_CLIP["width"] % 64 == 0
+
+
+# -- the full-size model against the release's forward --------------------------------------------
+
+
+def _release_full_state(ref: dict, clap_own: set[str]) -> dict[str, torch.Tensor]:
+    """The release's few-shot state dict rebuilt from the detfill recipe of the reference
+    (tests/fixtures/README.md); modules our loader drops by name get 1-element stand-ins."""
+    import math
+
+    from dgsct_cli.tasks.fewshot import FEWSHOT_UNUSED_RELEASE_KEYS
+
+    r = ref["AVE_loc"]
+    state = {}
+    for key, shape in r["state_dict_shapes"].items():
+        if any(re.search(p, key) for p in FEWSHOT_UNUSED_RELEASE_KEYS):
+            state[key] = torch.zeros(shape if "token_" in key else [1])  # prefix rows tell the setting
+            continue
+        source = r["weight_source"][key]
+        if source == "own":
+            t = detfill.fill(key, shape)
+        elif source.startswith("clip:"):  # the OpenAI file is fp16
+            t = detfill.fill(source[5:], shape).half().float()
+        else:
+            name = source[5:]
+            if name == "audio_branch.logmel_extractor.melW":
+                t = r["frontend"]["melW"]
+            elif "spectrogram_extractor" in name:  # torchlibrosa's kernels: DFT rows x periodic Hann
+                n = torch.arange(1024, dtype=torch.float64)
+                k = torch.arange(513, dtype=torch.float64)[:, None]
+                angle, window = (
+                    2 * math.pi * k * n / 1024,
+                    torch.hann_window(1024, periodic=True, dtype=torch.float64),
+                )
+                t = (torch.cos(angle) * window if "real" in name else -torch.sin(angle) * window).float()[
+                    :, None
+                ]
+            elif name in clap_own:
+                t = torch.zeros(shape)  # buffers our model recomputes
+            else:
+                t = detfill.fill(name, shape)
+        if key in r["state_dict_dtypes"]:
+            t = t.to(getattr(torch, r["state_dict_dtypes"][key][len("torch.") :]))
+        state[key] = t
+    return state
+
+
+@pytest.mark.slow
+def test_full_size_fewshot_model_matches_the_release_forward(model_ref, tmp_path):
+    """``load_official_checkpoint("fewshot-ave", state_dict, clap=..., tokenizer=...)`` on the
+    release's state dict (detfill weights) gives the release's encoders, logits and scores."""
+    sys.path.insert(0, str(REF))
+    import make_inputs
+
+    from dgsct_cli.convert import load_official_checkpoint
+
+    state = _release_full_state(model_ref, set(model_ref["sources"]["clap_keys_with_own_values"]))
+    # The CLAP file supplies what the state dict lacks: the raw logit scales.
+    clap = {f"module.{k}": detfill.fill(k, []) for k in ("logit_scale_a", "logit_scale_t")}
+    torch.save(
+        {"state_dict": {**clap, "module.audio_branch.bn0.weight": torch.ones(64)}}, tmp_path / "clap.pt"
+    )
+    model = load_official_checkpoint("fewshot-ave", state, clap=tmp_path / "clap.pt")
+    del state
+    ref = model_ref["AVE_loc"]
+    # The reference's RoBERTa ids come from a tiny vocabulary: feed them as they are.
+    model.head.set_clap_tokens(ref["text"]["clap_input_ids"], ref["text"]["clap_attention_mask"])
+    image, wave = make_inputs.release_loader(*make_inputs.make_inputs(2024))
+    taps = {}
+    for name in (
+        "audio_adapter_blocks_p1",
+        "vis_adapter_blocks_p1",
+        "audio_adapter_blocks_p2",
+        "vis_adapter_blocks_p2",
+    ):
+        for i, adapter in enumerate(getattr(model.encoder, name)):
+            adapter.register_forward_hook(
+                lambda m, a, out, key=f"{name}.{i}": taps.__setitem__(key, out[0][:2].mean(1))
+            )
+    with torch.no_grad():
+        out = model(frames=image, audio=wave)
+        logmel = model.encoder.audio.compute_log_mel(wave[0, :1])[0, 0]
+
+    def close(ours, theirs, atol=2e-5):
+        torch.testing.assert_close(ours.reshape(theirs.shape), theirs, rtol=1e-5, atol=atol)
+
+    f, logits, scales = ref["features"], ref["logits"], ref["logit_scales"]
+    close(model.head.clip_scale(), scales["clip_logit_scale_exp"])  # exp of the file's, not 100
+    close(model.head.clap_scale(), scales["clap_logit_scale_a_raw"])
+    close(logmel, f["logmel_seg0"], atol=1e-5)  # the file's (not a recomputed) mel matrix
+    close(out["visual_features"][0], f["clip_visual"])
+    close(out["audio_features"][0], f["clap_audio"])
+    for i, pair in ref["per_pair"].items():
+        for key, value in pair.items():
+            if key.endswith("_out_mean"):
+                close(taps[f"{key[: -len('_out_mean')]}.{i}"], value)
+    with torch.no_grad():
+        close(model.head.clip_text_features(), f["clip_text"])
+        close(model.head.clap_text_features(), f["clap_text"])
+    close(out["visual_logits"][0], logits["logits_v"])
+    close(out["audio_logits"][0], logits["logits_a"])
+    close(out["event_logits"][0], ref["outputs"]["event_scores"])
+    close(out["logits_audio_image"], ref["outputs"]["logits_audio_image"])
+    close(out["logits_image_audio"], ref["outputs"]["logits_image_audio"])
+    # LLP's 25 classes: the same weights with other prompts (only the text side differs).
+    from dgsct_cli.data.avvp import AVVP_CLASSES
+
+    llp = model_ref["LLP_class"]
+    model.head.set_classes(list(AVVP_CLASSES), background=False)
+    assert torch.equal(model.head.clip_tokens, llp["text"]["clip_tokenized_prompts"])
+    model.head.set_clap_tokens(llp["text"]["clap_input_ids"], llp["text"]["clap_attention_mask"])
+    with torch.no_grad():
+        close(model.head.clip_text_features(), llp["features"]["clip_text"])
+        close(model.head.clap_text_features(), llp["features"]["clap_text"])

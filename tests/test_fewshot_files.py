@@ -94,8 +94,10 @@ def tiny_overrides(files: dict[str, Path]) -> list[str]:
     """Recipe overrides that turn a full-size few-shot recipe into the tiny model of these files."""
     out = [f"model.visual.weights={files['clip']}", f"model.audio.weights={files['clap']}",
            f"model.text.tokenizer={files['tokenizer']}"]  # fmt: skip
-    out += [f"model.visual.{k}={json.dumps(v)}" for k, v in TINY_CLIP.items()]
-    out += [f"model.audio.{k}={json.dumps(v)}" for k, v in TINY_CLAP.items()]
-    out += [f"model.text.roberta.{k}={json.dumps(v)}" for k, v in TINY_ROBERTA.items()]
+    out += [f"model.visual.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in TINY_CLIP.items()]
+    out += [f"model.audio.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in TINY_CLAP.items()]
+    out += [f"model.text.roberta.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in TINY_ROBERTA.items()]
     out += ["model.text.projection_dim=32", "model.head.clap_max_length=24"]
+    # 2 s per segment fits the tiny front end; small batches on 2 CPU cores.
+    out += ["data.segment_tiling=2", "data.num_workers=0", "train.eval_batch_size=4"]
     return out

@@ -385,9 +385,11 @@ def tsne(
 
 def _register_subapps() -> None:
     from .bench_cmd import bench
+    from .fewshot_cmd import fewshot_app
     from .prepare_cmd import prepare_app
 
     app.add_typer(prepare_app, name="prepare")
+    app.add_typer(fewshot_app, name="fewshot")
     app.command("bench")(bench)
 
 
