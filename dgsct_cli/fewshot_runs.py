@@ -248,6 +248,65 @@ def _retarget(recipe: Recipe, target_task: str, info, protocol: str, batch_size:
     return out
 
 
+def zero_shot_model(
+    checkpoint: Path,
+    dataset: str,
+    metric: str,
+    data: Path,
+    protocol: str = "default",
+    batch_size: int | None = None,
+    release_recipe: str | None = None,
+    seed: int = 43,
+):
+    """``(model, target recipe, checkpoint kind)``: a pre-trained checkpoint re-targeted to ``dataset``'s
+    classes (no background), ready to score with the recipe's task.
+
+    Default: the pre-trained prompt context, everything in eval mode. ``protocol="release"``
+    (zero-shot/zero_shot.py): a fresh N(0, 0.02^2) context drawn after ``torch.manual_seed(seed)``,
+    the 48 adapters left in train mode (their BatchNorm on each batch's statistics) and the
+    release's batch size for the target."""
+    from .checkpoint import load_any_checkpoint
+    from .factory import create_model, data_info
+
+    if protocol not in ("default", "release"):
+        raise ValueError(f"protocol must be default or release, got {protocol!r}")
+    if not Path(data).exists():
+        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
+    source, recipe, kind = load_any_checkpoint(
+        checkpoint, load_recipe(release_recipe) if release_recipe else None
+    )
+    target = getattr(get_task(recipe.task), "zero_shot_target", None)
+    if target is None:
+        raise ValueError(
+            f"{checkpoint}: a {recipe.task} checkpoint; zero-shot needs a pre-training checkpoint"
+        )
+    spec = target(dataset, metric)
+    target_task = spec["task"]
+    if batch_size is None and protocol == "release":
+        batch_size = spec["release_batch_size"]
+    probe = copy.deepcopy(recipe)
+    probe.task = target_task
+    info = data_info(probe, data, what=f"zero-shot on {dataset}")
+    target_recipe = _retarget(recipe, target_task, info, protocol, batch_size)
+    with torch.random.fork_rng():  # building draws fresh weights that the copy below replaces
+        model = create_model(target_task, target_recipe.model, load_encoder_weights=False, data=info)
+    # Every weight is class-agnostic (the prompts' token ids are not weights): a strict copy.
+    model.load_state_dict(source.state_dict(), strict=True)
+    del source
+    model.eval()
+    if protocol == "release":
+        # zero_shot_model.py:53 builds a new PromptLearner: the learned context is not used.
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            torch.nn.init.normal_(model.head.prompt_learner.ctx, std=model.head.cfg.ctx_std)
+        # zero_shot.py:137 puts only the re-built modules in eval mode: the adapters stay in train
+        # mode, so their BatchNorm uses each batch's statistics.
+        for adapters in model.encoder.adapter_modules():
+            adapters.train()
+    model.zero_shot_published = spec.get("published")  # the paper's number, for the report
+    return model, target_recipe, kind
+
+
 @torch.no_grad()
 def run_zero_shot(
     checkpoint: Path,
@@ -263,65 +322,31 @@ def run_zero_shot(
     console: Console | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score a pre-trained checkpoint on ``dataset``'s classes (no background) without training.
-
-    Default: the pre-trained prompt context, adapters in eval mode. ``protocol="release"``:
-    a fresh N(0, 0.02^2) context (drawn after ``torch.manual_seed(seed)``) and the adapters'
-    BatchNorm on batch statistics at the release's batch size (zero-shot/zero_shot.py)."""
-    from .checkpoint import load_any_checkpoint
+    """Score a pre-trained checkpoint on ``dataset``'s classes without training (see
+    :func:`zero_shot_model`); accuracy over the whole split (zero_shot.py:131-204)."""
     from .data.datasets import make_loader
-    from .factory import create_model, data_info, open_split
+    from .factory import open_split
     from .runtime import autocast_for, progress_bar, resolve_device, to_device
 
     console = console or Console(stderr=True)
     if json_out is not None:
         check_writable(json_out)
-    if not Path(data).exists():
-        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
-    source, recipe, kind = load_any_checkpoint(
-        checkpoint, load_recipe(release_recipe) if release_recipe else None
+    model, recipe, kind = zero_shot_model(
+        checkpoint, dataset, metric, data, protocol, batch_size, release_recipe, seed
     )
-    task = get_task(recipe.task)
-    target = getattr(task, "zero_shot_target", None)
-    if target is None:
-        raise ValueError(
-            f"{checkpoint}: a {recipe.task} checkpoint; zero-shot needs a pre-training checkpoint"
-        )
-    target_task, release_batch = target(dataset, metric)
-    if batch_size is None and protocol == "release":
-        batch_size = release_batch
-    probe = copy.deepcopy(recipe)
-    probe.task = target_task
-    info = data_info(probe, data, what=f"zero-shot on {dataset}")
-    target_recipe = _retarget(recipe, target_task, info, protocol, batch_size)
-    model = create_model(target_task, target_recipe.model, load_encoder_weights=False, data=info)
-    # Every weight is class-agnostic (the prompts' token ids are not weights): a strict copy.
-    model.load_state_dict(source.state_dict(), strict=True)
-    del source
-    if protocol == "release":
-        # zero_shot_model.py:53 builds a new PromptLearner: the learned context is not used.
-        torch.manual_seed(seed)
-        torch.nn.init.normal_(model.head.prompt_learner.ctx, std=model.head.cfg.ctx_std)
-    device = resolve_device(target_recipe.train.device)
-    model.to(device).eval()
-    if protocol == "release":
-        # zero_shot.py:137 reaches only the re-built modules: the 48 adapters stay in train mode
-        # (BatchNorm on each batch's statistics).
-        for adapters in model.encoder.adapter_modules():
-            adapters.train()
-    split = split or target_recipe.data.test_split
-    dataset_split = open_split(target_recipe, data, split, what=f"zero-shot on {dataset}")
-    spec = get_task(target_task)
+    device = resolve_device(recipe.train.device)
+    model.to(device)
+    split = split or recipe.data.test_split
+    dataset_split = open_split(recipe, data, split, what=f"zero-shot on {dataset}")
+    spec = get_task(recipe.task)
     evaluator = spec.make_evaluator(dataset_split)
     evaluator.averaging = "global"  # zero_shot.py reports correct / counted over the split
-    loader = make_loader(
-        dataset_split, target_recipe.train.eval_batch_size, target_recipe.data.num_workers, device
-    )
+    loader = make_loader(dataset_split, recipe.train.eval_batch_size, recipe.data.num_workers, device)
     with progress_bar(console, disable=not progress) as bar:
         job = bar.add_task(f"zero-shot {dataset} {metric}", total=len(loader), info="")
         for batch in loader:
             batch = to_device(batch, device)
-            with autocast_for(device, target_recipe.train.precision):
+            with autocast_for(device, recipe.train.precision):
                 out = spec.forward(model, batch)
             evaluator.update({k: v.float() for k, v in out.items()}, batch)
             bar.advance(job)
@@ -333,12 +358,13 @@ def run_zero_shot(
         "metric": metric,
         "split": split,
         "protocol": protocol,
-        "batch_size": target_recipe.train.eval_batch_size,
+        "batch_size": recipe.train.eval_batch_size,
         "classes": len(model.head.class_names),
         "prompt_context": "fresh random" if protocol == "release" else "pre-trained",
         "adapters": "train-mode BatchNorm" if protocol == "release" else "eval mode",
         "num_samples": len(dataset_split),
         **metrics,
+        "published": getattr(model, "zero_shot_published", None),
     }
     if json_out is not None:
         atomic_write_json(json_out, result)

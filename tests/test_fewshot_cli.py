@@ -9,20 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_cache
-from test_fewshot_files import tiny_overrides, write_tiny_files
+from test_fewshot_files import (  # noqa: F401
+    fewshot_ave,
+    fewshot_files,
+    fewshot_llp,
+    one_thread,
+    single_thread,
+    tiny_overrides,
+)
 from typer.testing import CliRunner
 
 from dgsct_cli.cli.app import app
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on 2 shared cores: one intra-op thread is several times faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ok(*args):
@@ -32,12 +31,14 @@ def ok(*args):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, fewshot_files, fewshot_ave):  # noqa: F811 (fixtures imported above)
     root = tmp_path_factory.mktemp("fewshot-cli")
-    files = write_tiny_files(root / "weights")
-    torch.set_num_threads(1)
-    cache = synthetic_cache("fewshot-ave", root / "ave", videos=24, image_size=32)
-    return {"root": root, "overrides": tiny_overrides(files), "ave": cache, "files": files}
+    return {
+        "root": root,
+        "overrides": tiny_overrides(fewshot_files),
+        "ave": fewshot_ave,
+        "files": fewshot_files,
+    }
 
 
 def test_sweep_end_to_end(setup):
@@ -63,12 +64,12 @@ def test_sweep_end_to_end(setup):
 def learned(setup):
     """A tiny AVE-classification run on the synthetic set (every training video, 5 epochs)."""
     out = setup["root"] / "learn"
-    torch.set_num_threads(1)
-    ok(
-        "fewshot", "train", "--recipe", "fewshot-ave-cls", "--data", setup["ave"], "--output", out,
-        *setup["overrides"], "train.epochs=5", "train.lr=1e-2", "train.batch_size=4",
-        "train.scheduler.type=none", "loss.weighting=fixed",
-    )  # fmt: skip
+    with single_thread():
+        ok(
+            "fewshot", "train", "--recipe", "fewshot-ave-cls", "--data", setup["ave"], "--output", out,
+            *setup["overrides"], "train.epochs=5", "train.lr=1e-2", "train.batch_size=4",
+            "train.scheduler.type=none", "loss.weighting=fixed",
+        )  # fmt: skip
     return out
 
 
@@ -111,12 +112,12 @@ def test_release_protocol_preset(setup):
     assert "protocol: release" in recipe and "val_split: test" in recipe
 
 
-def test_llp_kshot_dataset_and_loss_on_a_synthetic_cache(setup):
+def test_llp_kshot_dataset_and_loss_on_a_synthetic_cache(setup, fewshot_llp):  # noqa: F811 (fixtures imported above)
     from dgsct_cli.config import load_recipe
     from dgsct_cli.factory import build_model, data_info, open_split
     from dgsct_cli.tasks.base import get_task
 
-    cache = synthetic_cache("fewshot-llp-cls", setup["root"] / "llp", videos=12, image_size=32)
+    cache = fewshot_llp
     recipe = load_recipe("fewshot-llp-cls", [*setup["overrides"], "data.shots=1"])
     train = open_split(recipe, cache, "train")
     labels = torch.stack([train[i]["labels"] for i in range(len(train))])

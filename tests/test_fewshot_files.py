@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 from dgsct_cli.models.encoders.clap import CLAPAudioConfig, ClipClapTextConfig, clap_towers
@@ -101,3 +103,45 @@ def tiny_overrides(files: dict[str, Path]) -> list[str]:
     # 2 s per segment fits the tiny front end; small batches on 2 CPU cores.
     out += ["data.segment_tiling=2", "data.num_workers=0", "train.eval_batch_size=4"]
     return out
+
+
+# -- shared by the few-shot and zero-shot test modules (import the fixtures there) ------------------
+
+
+@contextmanager
+def single_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def fewshot_files(tmp_path_factory) -> dict[str, Path]:
+    return write_tiny_files(tmp_path_factory.mktemp("fewshot-weights"))
+
+
+@pytest.fixture(scope="session")
+def fewshot_ave(tmp_path_factory) -> Path:
+    """A synthetic AVE cache (24 videos, 4 classes) at the tiny CLIP's 32 px."""
+    from conftest import synthetic_cache
+
+    return synthetic_cache("fewshot-ave", tmp_path_factory.mktemp("fewshot-ave"), videos=24, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def fewshot_llp(tmp_path_factory) -> Path:
+    from conftest import synthetic_cache
+
+    return synthetic_cache(
+        "fewshot-llp-cls", tmp_path_factory.mktemp("fewshot-llp"), videos=12, image_size=32
+    )

@@ -143,16 +143,20 @@ def pretrain(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --output (see 'dgsct train --resume')."
     ),
+    protocol: str | None = ProtocolOption,
     synthetic: bool = SyntheticOption,
     overrides: list[str] = OverridesArg,
 ) -> None:
     """Pre-train a recipe on its whole training split (checkpoints, resume and torchrun as 'dgsct train')."""
     from ..config import load_recipe
+    from ..fewshot_runs import with_protocol
     from ..runs import read_run_record
     from ..tasks.base import get_task
     from ..train import Trainer
 
     overrides = overrides or []
+    if protocol is not None and not resume:
+        overrides = with_protocol(recipe, overrides, protocol)
     r = load_recipe(recipe, overrides)
     if getattr(get_task(r.task), "zero_shot_target", None) is None:
         raise ValueError(f"{recipe}: task {r.task} is not a pre-training task (use 'dgsct fewshot train')")

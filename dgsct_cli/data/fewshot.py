@@ -8,6 +8,7 @@ training video (Speech) are absent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +16,12 @@ import numpy as np
 import torch
 
 from .datasets import SegmentDataset, _target_tensor
+from .decode import frames_kind
 from .manifest import PreparedCache
 
 __all__ = ["FewShotDataset", "kshot_indices", "sample_classes"]
+
+log = logging.getLogger(__name__)
 
 
 def kshot_indices(
@@ -82,10 +86,19 @@ class FewShotDataset(SegmentDataset):
             self.sample_ids = [s["id"] for s in self.samples]
         self.targets = tuple(targets)
         self.extra_arrays = []
-        sizes = cache.manifest.get("frame_sizes", [])
-        self.frame_kind = (
-            f"frames_{image_size}" if image_size != cache.image_size and image_size in sizes else None
-        )
+        self.frame_kind = None
+        if image_size != cache.image_size:
+            if image_size in cache.frame_sizes:
+                self.frame_kind = frames_kind(image_size)
+            else:
+                log.warning(
+                    "%s: frames are %d px and the cache has no %d-px set: resizing the cached frames "
+                    "(prepare with --extra-size %d to resize from the videos, as the release does)",
+                    cache.path,
+                    cache.image_size,
+                    image_size,
+                    image_size,
+                )
 
     def _frames(self, video_id: str) -> torch.Tensor:
         if self.frame_kind is None:

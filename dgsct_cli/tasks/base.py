@@ -213,12 +213,17 @@ BUILTIN_TASKS = {
     "fewshot-ave": "dgsct_cli.tasks.fewshot",
     "fewshot-ave-cls": "dgsct_cli.tasks.fewshot",
     "fewshot-llp-cls": "dgsct_cli.tasks.fewshot",
+    "vggsound40k": "dgsct_cli.tasks.vggsound40k",
 }
 BUILTIN_PREPARE = {
     "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
     "avvp": (
         "avvp",
         "Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features.",
+    ),
+    "vggsound40k": (
+        "vggsound40k",
+        "Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training.",
     ),
 }
 
