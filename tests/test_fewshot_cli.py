@@ -144,3 +144,29 @@ def test_fewshot_errors_are_one_line(setup, tmp_path):
               *bad, f"model.text.tokenizer={tmp_path / 'none'}"],
     )  # fmt: skip
     assert result.exit_code == 1 and "tokenizer folder not found" in " ".join(result.stderr.split())
+
+
+def test_frames_at_another_size_come_from_the_same_decode(tmp_path):
+    """``prepare ave --extra-size 32`` stores 32-px frames resized from the decoded frames (the
+    same as a cache prepared at 32 px), and the CLIP tasks read them."""
+    import numpy as np
+
+    from dgsct_cli.data.ave import prepare_ave
+    from dgsct_cli.data.fewshot import FewShotDataset
+    from dgsct_cli.data.manifest import PreparedCache
+    from dgsct_cli.data.synthetic import write_synthetic_ave
+
+    raw = write_synthetic_ave(tmp_path / "raw", num_videos=4, image_size=64)
+    prepare_ave(raw, tmp_path / "big", image_size=64, extra_sizes=(32,), progress=False, workers=1)
+    prepare_ave(raw, tmp_path / "small", image_size=32, progress=False, workers=1)
+    big, small = PreparedCache(tmp_path / "big"), PreparedCache(tmp_path / "small")
+    assert big.frame_sizes == [32] and big.image_size == 64
+    for sample in big.samples:
+        vid = sample["video_id"]
+        assert np.array_equal(np.load(tmp_path / "big" / "frames_32" / f"{vid}.npy"), small.frames(vid))
+    stats = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    a = FewShotDataset(big, "train", 32, 32000, **stats)[0]["frames"]
+    b = FewShotDataset(small, "train", 32, 32000, **stats)[0]["frames"]
+    assert a.shape == (10, 3, 32, 32) and torch.equal(a, b)
+    again = prepare_ave(raw, tmp_path / "big", image_size=64, extra_sizes=(32,), progress=False, workers=1)
+    assert again.decoded == 0  # resumed: every array already there
