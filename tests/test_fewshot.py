@@ -344,6 +344,9 @@ def test_a_release_layout_state_dict_with_random_values_loads_strictly_and_runs(
     state = _release_layout(source)
     state = {"module." + k: v for k, v in state.items()}  # as saved from DataParallel
     assert detect_release_task(state) == "fewshot-ave"  # not AVE, whose head the model also carries
+    for rows, task in ((28, "fewshot-ave-cls"), (25, "fewshot-llp-cls"), (142, "vggsound40k")):
+        other = {**state, "module.prompt_learner.token_prefix": torch.zeros(rows, 1, 64)}
+        assert detect_release_task(other) == task  # the prompts' class count names the setting
     cfg = recipe.model
     model = load_official_checkpoint(
         "fewshot-ave", state, cfg, clap=tiny_files["clap"], tokenizer=tiny_files["tokenizer"]
