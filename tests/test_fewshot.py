@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import DATA, FIXTURES
-from test_fewshot_files import TINY_CLIP, tiny_overrides, write_tiny_files
+from test_fewshot_files import TINY_CLIP, one_thread, tiny_overrides, write_tiny_files  # noqa: F401
 
 from dgsct_cli.config import load_recipe
 from dgsct_cli.models.adapter import AdapterSettings, DGSCTAdapter
@@ -259,6 +259,7 @@ def tiny_files(tmp_path_factory):
     return write_tiny_files(tmp_path_factory.mktemp("fewshot-files"))
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("torchscript", [False, True])
 def test_tiny_clip_clap_roberta_files_load_and_the_model_runs(tmp_path, torchscript):
     from dgsct_cli.factory import build_model
@@ -328,6 +329,7 @@ def _release_layout(model) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_release_layout_state_dict_with_random_values_loads_strictly_and_runs(tiny_files):
     from dgsct_cli.convert import detect_release_task, load_official_checkpoint
     from dgsct_cli.factory import build_model
