@@ -53,6 +53,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    # Train on the first K samples of each class of the training split (tasks with K-shot subsets;
+    # None: the whole split).
+    shots: Annotated[int, Range(1)] | None = None
 
 
 @dataclass
@@ -114,6 +117,8 @@ class TrainConfig:
     early_stop: Annotated[int, Range(1)] | None = None
     init_from: InitFrom | None = None
     param_groups: list[ParamGroup] = field(default_factory=list)
+    # Clip the global gradient norm of the trainable parameters before each step (None: no clipping).
+    clip_grad_norm: Annotated[float, Range(0, open_low=True)] | None = None
 
 
 @dataclass

@@ -47,12 +47,19 @@ def detect_release_task(state: dict[str, Any]) -> str | None:
     """The task whose release checkpoint this is (by a key only that task has), or None."""
     from .tasks.base import available_tasks, get_task
 
-    keys = set(_strip_data_parallel(state))
+    state = _strip_data_parallel(state)
+    by_marker, specific = [], []
     for name in available_tasks():
-        task = get_task(name)
-        if task.release is not None and task.release.marker in keys:
-            return name
-    return None
+        layout = get_task(name).release
+        if layout is None or layout.marker not in state:
+            continue
+        if layout.matches is None:
+            by_marker.append(name)
+        elif layout.matches(state):
+            # A layout that checks more than its marker is more specific (one release model can
+            # carry another's modules, e.g. the few-shot model builds the AVE head it never runs).
+            specific.append(name)
+    return (specific or by_marker or [None])[0]
 
 
 def release_recipe(task: str, recipe: Recipe | None = None) -> Recipe:
@@ -124,11 +131,13 @@ def load_official_checkpoint(
     task: str,
     source: str | Path | dict[str, torch.Tensor],
     model_cfg: ModelConfig | None = None,
+    **options: Any,
 ) -> DGSCTModel:
     """Our model for ``task`` with the weights of a release checkpoint, in eval mode.
 
     ``source`` is a path to the release file (read with ``weights_only=True``) or an
-    already-loaded state dict in the release layout.
+    already-loaded state dict in the release layout. ``options`` name files a task's layout needs
+    besides the state dict (the task's ``ReleaseLayout.configure`` says which).
     """
     from .factory import create_model
     from .tasks.base import get_task
@@ -154,6 +163,12 @@ def load_official_checkpoint(
         )
     if model_cfg is None:
         model_cfg = release_recipe(task).model
+    if options:
+        if spec.release.configure is None:
+            raise TypeError(
+                f"load_official_checkpoint: task {task!r} takes no options ({', '.join(options)})"
+            )
+        model_cfg = spec.release.configure(model_cfg, options)
     model = create_model(task, model_cfg, load_encoder_weights=False)
     load_release_state_dict(model, state, name, spec.release.unused_keys, spec.release.map_state)
     return model.eval()

@@ -528,9 +528,14 @@ class Trainer:
                 if i >= batches_per_epoch:
                     break
                 batch = to_device(batch, self.device)
+                batch["epoch"] = prog.epoch + 1  # 1-based, for losses whose weights follow the epoch
                 last_of_step = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
                 loss, out = self._forward_backward(batch, sync=last_of_step, accum=accum, step=last_of_step)
                 if last_of_step:
+                    if r.train.clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(
+                            [p for p in self.model.parameters() if p.grad is not None], r.train.clip_grad_norm
+                        )
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     prog.global_step += 1

@@ -555,9 +555,11 @@ def _to_display(frames, size):
 
 def _register_subapps() -> None:
     from .bench_cmd import bench
+    from .fewshot_cmd import fewshot_app
     from .prepare_cmd import prepare_app
 
     app.add_typer(prepare_app, name="prepare")
+    app.add_typer(fewshot_app, name="fewshot")
     app.command("bench")(bench)
 
 

@@ -231,8 +231,12 @@ def prepare_ave(
     progress: bool = True,
     console: Console | None = None,
     strict: bool = False,
+    extra_sizes: tuple[int, ...] = (),
 ) -> PrepareSummary:
     """Decode the AVE videos under ``root`` into a prepared cache at ``out``.
+
+    ``extra_sizes``: also store the frames at these sizes (``frames_<size>/``, e.g. 224 for the
+    CLIP-based few-shot tasks), resized from the same decode.
 
     Resumable: videos already in the cache are not decoded again. Missing, corrupt and audio-less
     videos are skipped and reported (summary, ``manifest.json`` and ``prepare_report.json``). Raises
@@ -318,6 +322,7 @@ def prepare_ave(
         progress=progress,
         console=console,
         description="decoding AVE videos",
+        extra_sizes=extra_sizes,
     )
     summary, samples = account(outcome.failed, len(outcome.decoded), len(outcome.reused))
     manifest = build_manifest(
@@ -331,6 +336,7 @@ def prepare_ave(
         split_names=list(splits),
         skipped=[asdict(s) for s in summary.skipped],
         created_by=f"dgsct {__version__} prepare ave",
+        frame_sizes=[s for s in extra_sizes if s != image_size],
     )
     write_manifest(out / MANIFEST_NAME, manifest)
     return summary

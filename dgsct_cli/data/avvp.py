@@ -429,8 +429,10 @@ def prepare_avvp(
     progress: bool = True,
     console: Console | None = None,
     strict: bool = False,
+    extra_sizes: tuple[int, ...] = (),
 ) -> PrepareSummary:
-    """Decode the LLP videos under ``root`` into a prepared cache at ``out``, with ``video_st``.
+    """Decode the LLP videos under ``root`` into a prepared cache at ``out``, with ``video_st``
+    (and the frames at ``extra_sizes`` too, ``frames_<size>/``, from the same decode).
 
     Exactly one of ``features`` (published ``<YouTubeID>.npy`` folder) or ``r2plus1d_weights``
     (local torchvision state dict) provides the ``[10, 512]`` 3-D features. Each video is decoded
@@ -557,6 +559,7 @@ def prepare_avvp(
         console=console,
         description="decoding LLP videos" + (" + R(2+1)D features" if extras else ""),
         extras=extras,
+        extra_sizes=extra_sizes,
     )
     _cached_model.cache_clear()  # with workers=1 the net was loaded in this process
     failed.update(outcome.failed)
@@ -584,6 +587,7 @@ def prepare_avvp(
         skipped=[asdict(s) for s in summary.skipped],
         created_by=f"dgsct {__version__} prepare avvp",
         extra_arrays=[VIDEO_ST],
+        frame_sizes=[s for s in extra_sizes if s != image_size],
         info={"video_st": {**source, **({"features_dir": str(features)} if features else {})}},
     )
     write_manifest(out / MANIFEST_NAME, manifest)

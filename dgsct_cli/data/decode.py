@@ -33,9 +33,16 @@ from rich.progress import (
 )
 
 from .manifest import array_path, atomic_save_npy, remove_stale_temp_files
-from .video import DecodeError, decode_clip
+from .video import DecodeError, decode_clip_sizes
 
-__all__ = ["DecodeOutcome", "ExtraArraySpec", "cached_video_ok", "decode_videos_to_cache", "make_progress"]
+__all__ = [
+    "DecodeOutcome",
+    "ExtraArraySpec",
+    "cached_video_ok",
+    "decode_videos_to_cache",
+    "frames_kind",
+    "make_progress",
+]
 
 
 def _header_ok(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -70,9 +77,10 @@ def cached_video_ok(
     image_size: int,
     sample_rate: int,
     extras: Sequence[ExtraArraySpec] = (),
+    extra_sizes: Sequence[int] = (),
 ) -> bool:
-    """True when every array of ``video_id`` (frames, audio and ``extras``) exists with the
-    expected shape and dtype.
+    """True when every array of ``video_id`` (frames, audio, ``extras`` and the frames at
+    ``extra_sizes``, ``frames_<size>``) exists with the expected shape and dtype.
 
     Only the .npy headers are read, so checking thousands of videos on resume is quick; a file
     from a run with other settings (image size, sample rate) counts as absent.
@@ -86,7 +94,20 @@ def cached_video_ok(
             _header_ok(array_path(cache_dir, s.kind, video_id), tuple(s.shape), np.dtype(s.dtype))
             for s in extras
         )
+        and all(
+            _header_ok(
+                array_path(cache_dir, frames_kind(size), video_id),
+                (num_segments, size, size, 3),
+                np.dtype(np.uint8),
+            )
+            for size in extra_sizes
+        )
     )
+
+
+def frames_kind(size: int) -> str:
+    """The cache folder of the frames at another size (``frames_224``)."""
+    return f"frames_{size}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,7 @@ class _DecodeJob:
     num_threads: int
     extras: tuple[ExtraArraySpec, ...] = ()
     frame_rule: str = "second_centres"
+    extra_sizes: tuple[int, ...] = ()
 
 
 def _exit_with_parent() -> None:
@@ -136,14 +158,15 @@ def _decode_job(job: _DecodeJob) -> tuple[str, str | None]:
     permissions) propagate: they are not a property of the video.
     """
     try:
-        frames, audio = decode_clip(
+        frame_sets, audio = decode_clip_sizes(
             job.path,
+            (job.image_size, *job.extra_sizes),
             num_segments=job.num_segments,
-            image_size=job.image_size,
             sample_rate=job.sample_rate,
             num_threads=job.num_threads,
             frame_rule=job.frame_rule,
         )
+        frames = frame_sets[0]
     except DecodeError as exc:
         return job.video_id, exc.reason
     except Exception as exc:  # a decoder bug on one file must not stop a 4,000-video run
@@ -162,6 +185,8 @@ def _decode_job(job: _DecodeJob) -> tuple[str, str | None]:
     # Extras first, frames/audio last: an interrupted write leaves the video incomplete (redone).
     for kind, value in extra_arrays.items():
         atomic_save_npy(array_path(job.out, kind, job.video_id), value)
+    for size, value in zip(job.extra_sizes, frame_sets[1:]):
+        atomic_save_npy(array_path(job.out, frames_kind(size), job.video_id), value)
     atomic_save_npy(array_path(job.out, "frames", job.video_id), frames)
     atomic_save_npy(array_path(job.out, "audio", job.video_id), audio)
     return job.video_id, None
@@ -272,6 +297,7 @@ def decode_videos_to_cache(
     description: str = "decoding videos",
     extras: Sequence[ExtraArraySpec] = (),
     frame_rule: str = "second_centres",
+    extra_sizes: Sequence[int] = (),
 ) -> DecodeOutcome:
     """Decode every video (id -> file) once into ``out``'s ``frames/`` and ``audio/``.
 
@@ -279,25 +305,29 @@ def decode_videos_to_cache(
     ``workers > 1`` decoding runs in a spawn process pool; ``frame_rule`` names the rule (in
     ``video.FRAME_RULES``) that picks each segment's frame; failures are collected per video
     (``"missing"``, ``"corrupt: ..."``, ``"no audio"``), never raised. Each of ``extras`` is
-    computed in the same worker call as the decoding and stored under ``<kind>/``.
+    computed in the same worker call as the decoding and stored under ``<kind>/``; the frames
+    are also stored at each of ``extra_sizes`` (``frames_<size>/``), resized from the same decode.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     extras = tuple(extras)
+    extra_sizes = tuple(s for s in dict.fromkeys(extra_sizes) if s != image_size)
     for spec in extras:
         array_path(out, spec.kind, "x")  # validates the kind as a folder name
     (out / "frames").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for spec in extras:
         (out / spec.kind).mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out, [s.kind for s in extras])
+    for size in extra_sizes:
+        (out / frames_kind(size)).mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out, [*(s.kind for s in extras), *map(frames_kind, extra_sizes)])
 
     outcome = DecodeOutcome()
     jobs: list[_DecodeJob] = []
     results: dict[str, str | None] = {}
     for video_id, path in videos.items():
-        if cached_video_ok(out, video_id, num_segments, image_size, sample_rate, extras):
+        if cached_video_ok(out, video_id, num_segments, image_size, sample_rate, extras, extra_sizes):
             outcome.reused.append(video_id)
         elif not Path(path).is_file():
             results[video_id] = "missing"  # no need to start a worker to find that out
@@ -314,6 +344,7 @@ def decode_videos_to_cache(
                     threads,
                     extras,
                     frame_rule,
+                    extra_sizes,
                 )
             )
 

@@ -210,6 +210,9 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> dict[str, An
         or len(set(extra)) != len(extra)
     ):
         raise _fail(where, f"'extra_arrays' must be a list of distinct array names, got {extra!r}")
+    sizes = manifest.get("frame_sizes", [])
+    if not isinstance(sizes, list) or not all(_is_int(s) and s > 0 for s in sizes):
+        raise _fail(where, f"'frame_sizes' must be a list of positive integers, got {sizes!r}")
     if set(extra) & _RESERVED_ITEM_KEYS:
         raise _fail(where, f"'extra_arrays' may not use the reserved names {sorted(_RESERVED_ITEM_KEYS)}")
     taken = _RESERVED_ITEM_KEYS | set(extra)
@@ -269,13 +272,15 @@ def build_manifest(
     created_by: str,
     extra_arrays: Sequence[str] = (),
     info: Mapping[str, Any] | None = None,
+    frame_sizes: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Assemble and validate a manifest; ``samples`` are the usable ones only, and ``splits``
     is derived from each sample's ``split`` (every name in ``split_names`` is present).
 
     ``extra_arrays`` names per-video arrays stored as ``<kind>/<video_id>.npy`` (returned by
-    ``SegmentDataset`` under that name); ``info`` is free-form provenance. Both keys are left out
-    when empty, so manifests without them read exactly as before.
+    ``SegmentDataset`` under that name); ``info`` is free-form provenance; ``frame_sizes`` lists
+    other sizes the frames are also stored at (``frames_<size>/<video_id>.npy``, uint8). These
+    keys are left out when empty, so manifests without them read exactly as before.
     """
     sample_list = [dict(s) for s in samples]
     splits: dict[str, list[int]] = {name: [] for name in split_names}
@@ -302,6 +307,8 @@ def build_manifest(
         manifest["extra_arrays"] = list(extra_arrays)
     if info:
         manifest["info"] = dict(info)
+    if frame_sizes:
+        manifest["frame_sizes"] = sorted({int(s) for s in frame_sizes})
     return validate_manifest(manifest, "manifest")
 
 
@@ -367,6 +374,11 @@ class PreparedCache:
     def extra_arrays(self) -> list[str]:
         """Names of the extra per-video arrays (``<kind>/<video_id>.npy``); empty for AVE."""
         return list(self.manifest.get("extra_arrays", []))
+
+    @property
+    def frame_sizes(self) -> list[int]:
+        """Other sizes the frames are stored at (``frames_<size>/``); empty for most caches."""
+        return list(self.manifest.get("frame_sizes", []))
 
     def split_indices(self, split: str) -> list[int]:
         """Sample indices (into ``samples``) of ``split``."""

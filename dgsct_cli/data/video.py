@@ -23,6 +23,7 @@ __all__ = [
     "ClipWindow",
     "DecodeError",
     "decode_clip",
+    "decode_clip_sizes",
     "decode_windows",
     "frame_indices",
     "resize_frames",
@@ -141,9 +142,23 @@ def decode_clip(
     num_threads: int = 0,
     frame_rule: str = "second_centres",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``path`` into ``(frames, audio)``.
+    """Decode ``path`` into ``(frames, audio)`` (see :func:`decode_clip_sizes`)."""
+    frames, audio = decode_clip_sizes(path, (image_size,), num_segments, sample_rate, num_threads, frame_rule)
+    return frames[0], audio
 
-    Returns frames uint8 ``[num_segments, image_size, image_size, 3]`` and audio float32
+
+def decode_clip_sizes(
+    path: str | Path,
+    image_sizes: tuple[int, ...],
+    num_segments: int = 10,
+    sample_rate: int = 32000,
+    num_threads: int = 0,
+    frame_rule: str = "second_centres",
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Decode ``path`` once into ``([frames at each of image_sizes], audio)``: each frame set is
+    resized from the decoded frames (not from another set).
+
+    Returns frames uint8 ``[num_segments, size, size, 3]`` per size and audio float32
     ``[num_segments * sample_rate]`` (mono). ``frame_rule`` names the rule in
     :data:`FRAME_RULES` that picks the frames (and, if it says so, 1-s audio windows per
     segment). ``num_threads`` is passed to decord's video reader (0 = decord's default). Raises
@@ -169,7 +184,8 @@ def decode_clip(
         raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
     if frames.ndim != 4 or frames.shape[0] != num_segments or frames.shape[-1] != 3:
         raise DecodeError(f"corrupt: unexpected frame batch shape {tuple(frames.shape)}")
-    frames = resize_frames(frames.astype(np.uint8, copy=False), image_size)
+    frames = frames.astype(np.uint8, copy=False)
+    frame_sets = [resize_frames(frames, size) for size in image_sizes]
 
     try:
         audio_reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
@@ -183,14 +199,14 @@ def decode_clip(
     if not np.isfinite(wave).all():
         raise DecodeError("corrupt: non-finite audio samples")
     if windows is None:
-        return frames, tile_audio(wave, num_segments * sample_rate)
+        return frame_sets, tile_audio(wave, num_segments * sample_rate)
     # One second of audio per segment, starting where the rule says (clamped into the clip).
     audio = []
     for start in windows:
         first = int(round(float(start) * sample_rate))
         first = min(max(first, 0), max(wave.shape[0] - sample_rate, 0))
         audio.append(tile_audio(wave[first : first + sample_rate], sample_rate))
-    return frames, np.concatenate(audio)
+    return frame_sets, np.concatenate(audio)
 
 
 @dataclass

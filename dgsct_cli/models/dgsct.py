@@ -83,6 +83,10 @@ class DGSCTModel(nn.Module):
         self.task = task
         self.encoder = encoder
         self.head = head
+        # A head that reads encoder parts besides the features (e.g. text towers) binds them here.
+        bind = getattr(head, "bind_encoder", None)
+        if callable(bind):
+            bind(encoder)
 
     @property
     def needs(self) -> EncoderNeeds:

@@ -141,6 +141,12 @@ def prepare_ave_command(
         None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
+    extra_size: list[int] = typer.Option(
+        None,
+        "--extra-size",
+        min=8,
+        help="Also store the frames at this size, from the same decode (repeatable; 224 for the few-shot tasks).",
+    ),
     *,
     progress: bool = True,
     console: Console | None = None,
@@ -151,7 +157,14 @@ def prepare_ave_command(
 
     root = synthetic_root(out, root, synthetic, videos, write_synthetic_ave, "AVE", console)
     return prepare_ave(
-        root, out, workers=workers, image_size=image_size, progress=progress, console=console, strict=strict
+        root,
+        out,
+        workers=workers,
+        image_size=image_size,
+        progress=progress,
+        console=console,
+        strict=strict,
+        extra_sizes=tuple(extra_size or ()),
     )
 
 

@@ -149,6 +149,12 @@ def prepare_avvp_command(
         None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
+    extra_size: list[int] = typer.Option(
+        None,
+        "--extra-size",
+        min=8,
+        help="Also store the frames at this size, from the same decode (repeatable; 224 for the few-shot tasks).",
+    ),
     *,
     progress: bool = True,
     console: Console | None = None,
@@ -172,6 +178,7 @@ def prepare_avvp_command(
         progress=progress,
         console=console,
         strict=strict,
+        extra_sizes=tuple(extra_size or ()),
     )
 
 

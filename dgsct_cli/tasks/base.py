@@ -68,12 +68,18 @@ class ReleaseLayout:
     """How the release saved this task's model: a key only its checkpoints have (detects the task
     of a file), keys of modules it builds but never runs (regex -> reason), a key rename applied
     first, and, for layouts that are not the main tasks' (``swin.``, ``htsat.``, adapters, head),
-    ``map_state(state, model, unused) -> (our state, dropped release keys)``."""
+    ``map_state(state, model, unused) -> (our state, dropped release keys)``; ``matches`` and
+    ``configure`` as commented below."""
 
     marker: str
     unused_keys: dict[str, str] = field(default_factory=dict)
     rename: Callable[[str], str] | None = None
     map_state: Callable[[dict, Any, dict[str, str]], tuple[dict, list[str]]] | None = None
+    # Tasks that share a layout (and so a marker) tell their files apart: ``matches(state)``.
+    matches: Callable[[dict], bool] | None = None
+    # ``configure(model_cfg, options) -> model_cfg``: what the loader's keyword options (files the
+    # state dict does not hold) change in the model config; None: the loader takes no options.
+    configure: Callable[[Any, dict[str, Any]], Any] | None = None
 
 
 @dataclass
@@ -190,6 +196,8 @@ class Task:
         from ..data.datasets import SegmentDataset
         from ..models.encoders.base import get_family
 
+        if getattr(data_cfg, "shots", None) is not None:
+            raise ValueError(f"task {self.name!r} has no K-shot training subsets (data.shots)")
         mean, std = get_family(model_cfg.family).normalization(model_cfg.visual)
         return SegmentDataset(
             cache,
@@ -278,12 +286,23 @@ TASKS: dict[str, Task] = {}
 
 # Built-in tasks by module; importing a module registers its task. The CLI reads the prepare
 # command names here so that ``dgsct --help`` imports no task (and no torch).
-BUILTIN_TASKS = {"ave": "dgsct_cli.tasks.ave", "avvp": "dgsct_cli.tasks.avvp"}
+BUILTIN_TASKS = {
+    "ave": "dgsct_cli.tasks.ave",
+    "avvp": "dgsct_cli.tasks.avvp",
+    "fewshot-ave": "dgsct_cli.tasks.fewshot",
+    "fewshot-ave-cls": "dgsct_cli.tasks.fewshot",
+    "fewshot-llp-cls": "dgsct_cli.tasks.fewshot",
+    "vggsound40k": "dgsct_cli.tasks.vggsound40k",
+}
 BUILTIN_PREPARE = {
     "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
     "avvp": (
         "avvp",
         "Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features.",
+    ),
+    "vggsound40k": (
+        "vggsound40k",
+        "Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training.",
     ),
 }
 

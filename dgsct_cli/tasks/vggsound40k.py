@@ -1,0 +1,155 @@
+"""Pre-training on VGG-Sound(40K) for zero-shot AVE and LLP (release: pretrain/main_trans.py,
+zero-shot/zero_shot.py).
+
+The model is the few-shot one (CLIP + CLAP, 48 adapters, text heads); it learns 141 classes plus a
+background text class per 1-s segment, with the self-weighted logit fusion of the release's
+pre-training copy and its adapter weights (alpha 0.3, beta 0.01, gamma 0.05,
+pretrain/nets/net_trans.py:535-536). Validation is video accuracy (the segment-averaged 142-way
+scores against the first event's class, pretrain/main_trans.py:175-224). Its checkpoints are
+re-targeted to AVE's or LLP's class names for zero-shot scoring (``zero_shot_target``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from .base import ReleaseLayout, register_task
+from .fewshot import (
+    FEWSHOT_UNUSED_RELEASE_KEYS,
+    BackgroundHeadConfig,
+    FewShotLossConfig,
+    FewShotTask,
+    configure_fewshot,
+    map_fewshot_state,
+    text_class_count,
+)
+
+# (target dataset, metric) -> (task that reads and scores it, the release's zero-shot batch size)
+# (zero-shot/zero_shot.py:65-76: batch 16 for AVE, 32 for LLP).
+ZERO_SHOT_TARGETS = {
+    ("ave", "segment"): ("fewshot-ave", 16),
+    ("ave", "video"): ("fewshot-ave-cls", 16),
+    ("llp", "video"): ("fewshot-llp-cls", 32),
+}
+# Synthetic sets cycle through their classes: hold out every 5th training row (a multiple of the
+# class count would hold out one class entirely).
+SYNTHETIC_VAL_EVERY = 5
+# The paper's printed zero-shot numbers (figs/few-zero.png).
+ZERO_SHOT_PUBLISHED = {("ave", "segment"): 64.7, ("ave", "video"): 76.6, ("llp", "video"): 35.8}
+
+
+def prepare_vggsound40k_command(
+    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        help="VGG-Sound(40K) root: vggsound-avel40k_labels.csv, VggsoundAVEL40kCategories.txt and "
+        "frames/<id>/%08d.jpg + wave/<id>.npy (or video/<id>.mp4). With --synthetic it defaults to <out>/raw.",
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Parallel readers / decoding processes."),
+    image_size: int = typer.Option(224, "--image-size", min=8, help="Frame side length in the cache."),
+    val_every: int = typer.Option(
+        20, "--val-every", min=0, help="Hold out every N-th training row as 'val' (0: no val split)."
+    ),
+    extra_size: list[int] = typer.Option(
+        None, "--extra-size", min=8, help="Also store the frames at this size (repeatable)."
+    ),
+    synthetic: bool = typer.Option(
+        False,
+        "--synthetic",
+        help="Write a small synthetic VGG-Sound(40K) set to --root first, then prepare it.",
+    ),
+    videos: int | None = typer.Option(
+        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed CSV row."),
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+):
+    """Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training."""
+    from ..data.synthetic import synthetic_root
+    from ..data.vggsound import prepare_vggsound40k, write_synthetic_vggsound40k
+
+    root = synthetic_root(
+        out, root, synthetic, videos, write_synthetic_vggsound40k, "VGG-Sound(40K)", console
+    )
+    return prepare_vggsound40k(
+        root,
+        out,
+        workers=workers,
+        image_size=image_size,
+        val_every=SYNTHETIC_VAL_EVERY if synthetic and val_every == 20 else val_every,
+        extra_sizes=tuple(extra_size or ()),
+        progress=progress,
+        console=console,
+        strict=strict,
+    )
+
+
+class VGGSound40KTask(FewShotTask):
+    name = "vggsound40k"
+    description = "pre-training on VGG-Sound(40K) for zero-shot (141 classes + background, per segment)"
+    head_config = BackgroundHeadConfig
+    loss_config = FewShotLossConfig
+    datasets = ("vggsound40k",)
+    default_num_classes = 141
+    metric = "video"
+    targets = ("segment_labels",)
+    recipe = "pretrain-vggsound40k"
+    release = ReleaseLayout(
+        marker="prompt_learner.ctx",
+        unused_keys=FEWSHOT_UNUSED_RELEASE_KEYS,
+        map_state=map_fewshot_state,
+        matches=text_class_count(142),
+        configure=configure_fewshot,
+    )
+    prepare_name = "vggsound40k"
+    prepare_help = "Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training."
+
+    def protocol_overrides(self, protocol: str) -> list[str]:
+        """ "release": train on every training row, select on test, the loss-adaptive weights,
+        and the per-batch mean of video accuracies at the release's eval batch of 4."""
+        if protocol == "release":
+            return [
+                "model.head.protocol=release",
+                "data.train_split=train_full",
+                "data.val_split=test",
+                "loss.weighting=adaptive",
+                "train.eval_batch_size=4",
+            ]
+        return super().protocol_overrides(protocol)
+
+    def zero_shot_target(self, dataset: str, metric: str) -> dict:
+        """How ``dataset`` is scored with ``metric``: the task that reads and scores it, the
+        release's batch size and the paper's number."""
+        key = (dataset.lower(), metric)
+        if key not in ZERO_SHOT_TARGETS:
+            choices = ", ".join(f"--dataset {d} --metric {m}" for d, m in ZERO_SHOT_TARGETS)
+            raise ValueError(
+                f"no zero-shot scoring for --dataset {dataset} --metric {metric}; use one of: {choices}"
+            )
+        task, batch = ZERO_SHOT_TARGETS[key]
+        return {"task": task, "release_batch_size": batch, "published": ZERO_SHOT_PUBLISHED[key]}
+
+    def write_synthetic(self, out, videos, image_size, progress, console):
+        from ..data.vggsound import prepare_vggsound40k, write_synthetic_vggsound40k
+
+        write_synthetic_vggsound40k(out / "raw", num_videos=videos, image_size=max(image_size, 32))
+        prepare_vggsound40k(
+            out / "raw",
+            out,
+            image_size=image_size,
+            val_every=SYNTHETIC_VAL_EVERY,
+            progress=progress,
+            console=console,
+        )
+
+    def prepare_command(self):
+        return prepare_vggsound40k_command
+
+
+VGGSOUND40K = register_task(VGGSound40KTask())
