@@ -47,10 +47,16 @@ def detect_release_task(state: dict[str, Any]) -> str | None:
     """The task whose release checkpoint this is (by a key only that task has), or None."""
     from .tasks.base import available_tasks, get_task
 
-    keys = set(_strip_data_parallel(state))
+    state = _strip_data_parallel(state)
+    keys = set(state)
     for name in available_tasks():
         task = get_task(name)
-        if task.release is not None and task.release.marker in keys:
+        release = task.release
+        if (
+            release is not None
+            and release.marker in keys
+            and (release.matches is None or release.matches(state))
+        ):
             return name
     return None
 

@@ -71,6 +71,9 @@ class ReleaseLayout:
     unused_keys: dict[str, str] = field(default_factory=dict)
     rename: Callable[[str], str] | None = None
     map_state: Callable[[dict, Any, dict[str, str]], tuple[dict, list[str]]] | None = None
+    # For layouts that share their keys with another task's (told apart by tensor shapes): a file
+    # with the marker is this task's only when ``matches(state)`` says so.
+    matches: Callable[[dict], bool] | None = None
 
 
 class Task:
@@ -194,18 +197,42 @@ class Task:
 
         return label_names(dataset.class_names, dataset.background_index)
 
+    def draw_predictions(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        out: Path,
+        *,
+        limit: int | None,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        console: Console | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Draw the model's predictions on ``dataset`` into the folder ``out`` (``dgsct visualize
+        masks``): one image per sample (at most ``limit``) and an index page. Returns a summary
+        (``{"images": [...], "index": path}``)."""
+        raise ValueError(f"task {self.name!r} has no prediction figures (it predicts no masks)")
+
 
 TASKS: dict[str, Task] = {}
 
 # Built-in tasks by module; importing a module registers its task. The CLI reads the prepare
 # command names here so that ``dgsct --help`` imports no task (and no torch).
-BUILTIN_TASKS = {"ave": "dgsct_cli.tasks.ave", "avvp": "dgsct_cli.tasks.avvp"}
+BUILTIN_TASKS = {
+    "ave": "dgsct_cli.tasks.ave",
+    "avvp": "dgsct_cli.tasks.avvp",
+    "avs-s4": "dgsct_cli.tasks.avs",
+    "avs-ms3": "dgsct_cli.tasks.avs",
+}
 BUILTIN_PREPARE = {
     "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
     "avvp": (
         "avvp",
         "Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features.",
     ),
+    "avs": ("avs-s4", "Prepare AVSBench S4 or MS3 (or a synthetic stand-in) for audio-visual segmentation."),
 }
 
 

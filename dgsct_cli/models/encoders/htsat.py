@@ -364,4 +364,25 @@ def load_htsat_weights(model: HTSAT, source: str | Path | dict[str, torch.Tensor
     if not any(k.startswith("layers.") for k in stripped):
         raise CheckpointError(f"{name}: no HTS-AT 'layers.*' weights found (is this an HTS-AT checkpoint?)")
     check_front_end_constants(stripped, model, name)
-    load_into(model, convert_htsat_state_dict(stripped, htsat_unused_keys(model.cfg)), name)
+    state = convert_htsat_state_dict(stripped, htsat_unused_keys(model.cfg))
+    load_into(model, with_front_end(state, model, name), name)
+
+
+def front_end_keys(model: HTSAT) -> list[str]:
+    """Keys of the STFT kernels and mel matrix when the front end is a tensor of the model."""
+    return [k for k in model.state_dict() if re.match(r"(spectrogram_extractor|logmel_extractor)\.", k)]
+
+
+def with_front_end(state: dict[str, torch.Tensor], model: HTSAT, name: str, prefix: str = "") -> dict:
+    """``state``, with the model's own (computed) STFT kernels and mel matrix added when a file
+    without them is loaded into a ``front_end: weights`` model: such a file means the standard
+    front end, which is what they are initialised to."""
+    keys = [prefix + k for k in front_end_keys(model)]
+    missing = [k for k in keys if k not in state]
+    if not missing:
+        return state
+    if len(missing) < len(keys):
+        raise CheckpointError(f"{name}: has only part of the HTS-AT front end (missing {', '.join(missing)})")
+    log.info("%s: no STFT kernels or mel matrix in the file; using the computed ones", name)
+    own = model.state_dict()
+    return {**state, **{k: own[k[len(prefix) :]] for k in missing}}
