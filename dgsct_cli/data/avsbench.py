@@ -378,7 +378,7 @@ def prepare_avsbench(
     else:
         video_dir = Path(videos) if videos is not None else data / "raw_videos"
         if not video_dir.is_dir():
-            raise ValueError(f"{video_dir}: raw video folder not found (give --videos DIR)")
+            raise ValueError(f"{video_dir}: raw video folder not found (give --video-dir DIR)")
         decoded, more_reused = _prepare_from_videos(
             spec, data, todo, video_dir, out, size, workers, failed, base, progress, console
         )

@@ -314,8 +314,8 @@ def prepare_avs_command(
         "--source",
         help="frames: the published PNG frames and AVS.npy waves; videos: decode raw clips.",
     ),
-    videos_dir: Path | None = typer.Option(
-        None, "--videos", help="Raw clips for --source videos (default <setting data>/raw_videos)."
+    video_dir: Path | None = typer.Option(
+        None, "--video-dir", help="Raw clips for --source videos (default <setting data>/raw_videos)."
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes (--source videos)."),
     synthetic: bool = typer.Option(
@@ -324,7 +324,7 @@ def prepare_avs_command(
         help="Write a small synthetic AVSBench-format set to --root first, then prepare it.",
     ),
     videos: int | None = typer.Option(
-        None, "--num-videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
+        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed CSV line."),
     *,
@@ -346,7 +346,7 @@ def prepare_avs_command(
         out,
         setting,
         source=source,
-        videos=videos_dir,
+        videos=video_dir,
         workers=workers,
         progress=progress,
         console=console,

@@ -155,7 +155,12 @@ class KernelLogMel(nn.Module):
 
     def __init__(self, cfg: HTSATConfig) -> None:
         super().__init__()
-        fb = torchaudio.functional.melscale_fbanks(
+        self.melW = nn.Parameter(self.computed(cfg))
+
+    @staticmethod
+    def computed(cfg: HTSATConfig) -> torch.Tensor:
+        """The standard Slaney filterbank ``[bins, mel]`` for ``cfg``."""
+        return torchaudio.functional.melscale_fbanks(
             cfg.n_fft // 2 + 1,
             cfg.fmin,
             cfg.fmax,
@@ -164,7 +169,6 @@ class KernelLogMel(nn.Module):
             norm="slaney",
             mel_scale="slaney",
         )
-        self.melW = nn.Parameter(fb)
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:
         return 10.0 * torch.log10(torch.clamp(power @ self.melW, min=1e-10))
@@ -384,5 +388,10 @@ def with_front_end(state: dict[str, torch.Tensor], model: HTSAT, name: str, pref
     if len(missing) < len(keys):
         raise CheckpointError(f"{name}: has only part of the HTS-AT front end (missing {', '.join(missing)})")
     log.info("%s: no STFT kernels or mel matrix in the file; using the computed ones", name)
-    own = model.state_dict()
-    return {**state, **{k: own[k[len(prefix) :]] for k in missing}}
+    real, imag = _stft_kernels(model.cfg.n_fft)
+    computed = {
+        "spectrogram_extractor.stft.conv_real.weight": real,
+        "spectrogram_extractor.stft.conv_imag.weight": imag,
+        "logmel_extractor.melW": KernelLogMel.computed(model.cfg),
+    }
+    return {**state, **{k: computed[k[len(prefix) :]] for k in missing}}
