@@ -44,7 +44,11 @@ def test_model_call_returns_masks_maps_and_audio():
     # video-major: the second video's frames alone give the same rows
     with torch.no_grad():
         alone = model(frames=frames[1:], audio=audio[1:])["mask_logits"]
+        # inference decodes one video at a time (memory): the same as decoding the batch at once
+        feats = model.encode(frames, audio, needs=model.needs)
+        batched = model.head.decode(feats.visual_stages, feats.audio)["mask_logits"]
     assert torch.allclose(alone, out["mask_logits"][5:], atol=1e-4)
+    assert torch.allclose(batched, out["mask_logits"], atol=1e-5)
     with pytest.raises(ValueError, match=r"frames: expected \[B, 5, 3, 224, 224\]"):
         model(frames=torch.zeros(1, 5, 3, 64, 64), audio=audio[:1])
 
