@@ -173,11 +173,13 @@ class TPAVI(nn.Module):
         n, inner = t * h * w, self.inner
         a = self.align_channel(audio)  # [B, T, C]
         theta = self.theta(x).view(b, inner, n).transpose(1, 2)  # [B, N, C']
-        g_per_frame = self.g(x).view(b, inner, t, h * w).sum(-1)  # [B, C', T]
+        g_per_frame = self.g(x).view(b, inner, t, h * w).float().sum(-1)  # [B, C', T]
         phi = F.linear(a, self.phi.weight.view(inner, c), self.phi.bias)  # [B, T, C']: one per frame
-        context = torch.bmm(phi.transpose(1, 2), g_per_frame.transpose(1, 2))  # [B, C', C']
-        y = torch.bmm(theta, context) / n  # [B, N, C']
-        y = y.transpose(1, 2).reshape(b, inner, t, h, w)
+        # The sums over all N positions run in fp32 even under bf16 autocast (they are O(N) here).
+        with torch.autocast(x.device.type, enabled=False):
+            context = torch.bmm(phi.float().transpose(1, 2), g_per_frame.transpose(1, 2))  # [B, C', C']
+            y = torch.bmm(theta.float(), context) / n  # [B, N, C']
+        y = y.to(theta.dtype).transpose(1, 2).reshape(b, inner, t, h, w)
         z = self.W_z(y) + x
         z = self.norm_layer(z.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
         return z, a
