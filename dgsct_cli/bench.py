@@ -41,7 +41,7 @@ DTYPES = ("auto", "fp32", "bf16")
 def input_shapes(recipe: Recipe, batch_size: int, cfg: Any = None) -> dict[str, list[int]]:
     """``frames`` and ``audio`` shapes of one batch of ``recipe`` (audio = each segment tiled)."""
     cfg = cfg or recipe.model
-    t, s = cfg.num_segments, cfg.visual.img_size
+    t, s = cfg.num_segments, getattr(cfg, "input_size", None) or cfg.visual.img_size
     samples = cfg.audio.sample_rate * recipe.data.segment_tiling
     return {"frames": [batch_size, t, 3, s, s], "audio": [batch_size, t, samples]}
 

@@ -553,6 +553,40 @@ def _to_display(frames, size):
     return x.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
+def masks(
+    checkpoint: CheckpointOption,
+    data: DataOption,
+    split: SplitOption = "test",
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for the figures (one PNG per video + index.html)."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Draw only the first N videos of the split."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    recipe: ReleaseRecipeOption = None,
+) -> None:
+    """Frames with the predicted and the true masks overlaid, one PNG per video, and an index page."""
+    model, r, _, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
+    result = task.draw_predictions(
+        model,
+        dataset,
+        out,
+        limit=limit,
+        device=device,
+        precision=r.train.precision,
+        batch_size=batch_size or r.train.eval_batch_size,
+        console=err_console,
+        progress=show_progress(),
+    )
+    console.print(f"wrote {result['videos']} figures and {result['index']}", highlight=False)
+
+
+# The task draws (Task.draw_predictions); "predictions" is the same command under a generic name.
+visualize_app.command("masks")(command(masks))
+visualize_app.command("predictions", hidden=True)(command(masks))
+
+
 def _register_subapps() -> None:
     from .bench_cmd import bench
     from .fewshot_cmd import fewshot_app

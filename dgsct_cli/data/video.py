@@ -74,10 +74,23 @@ def second_centres(num_frames: int, fps: float, num_segments: int) -> tuple[np.n
     return frame_indices(num_frames, fps, num_segments), None
 
 
+def last_of_sixteen(num_frames: int, fps: float, num_segments: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """AVSBench's rule (release AVS/preprocess_scripts/preprocess_s4.py:24-29,55-64): each second is
+    sampled 16 times and the last sample kept, i.e. frame ``int(l*F + 15/16*F)`` of second ``l``
+    with ``F = round(fps)``, clamped to the last frame; the audio is the clip's first seconds."""
+    if num_frames <= 0:
+        raise ValueError("the video has no frames")
+    if not (fps > 0 and math.isfinite(fps)):
+        return frame_indices(num_frames, fps, num_segments), None
+    rate = int(round(fps))
+    picks = [int(second * rate + (15 * 1.0 / 16) * rate) for second in range(num_segments)]
+    return np.minimum(np.array(picks, dtype=np.int64), num_frames - 1), None
+
+
 # Frame rules by name: ``rule(num_frames, fps, num_segments) -> (frame indices [S], audio window
 # starts in seconds [S] or None)``. A dataset whose release picks its frames another way adds a
 # module-level function here (workers are spawned, so rules are looked up by name).
-FRAME_RULES = {"second_centres": second_centres}
+FRAME_RULES = {"second_centres": second_centres, "last_of_sixteen": last_of_sixteen}
 
 
 def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:

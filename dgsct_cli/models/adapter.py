@@ -79,7 +79,11 @@ class DGSCTAdapter(nn.Module):
         self.gate_av = nn.Parameter(torch.zeros(1))
 
         # Guide projection: token axis L' -> L (a 1x1 conv over tokens in the release), then C' -> C.
-        self.conv_adapter = nn.Conv2d(guide_tokens, tokens, kernel_size=1)
+        # The resize variant never runs the token conv (release avs_s4/model/PVT_AVSModel.py:190-197),
+        # so it is not built (up to 9.4M parameters per adapter).
+        self.conv_adapter = (
+            nn.Conv2d(guide_tokens, tokens, kernel_size=1) if s.guide_projection == "token_conv" else None
+        )
         self.fc = nn.Linear(guide_channels, c)
 
         self.fc_affine_audio_1 = nn.Linear(c, c)

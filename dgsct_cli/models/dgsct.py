@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..schema import Annotated, OneOf, Range, build_dataclass
@@ -30,6 +31,10 @@ class ModelConfig:
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
     head: Any = None
     num_segments: Annotated[int, Range(1)] = 10
+    # Side length of the frames the model is called with, when it is not the visual tower's: the
+    # model resizes them (bicubic, no antialias) to ``visual.img_size`` first. AVS: 224-pixel
+    # frames, 192-pixel Swin-V2 (release AVS/avs_scripts/avs_s4/model/PVT_AVSModel.py:790).
+    input_size: Annotated[int, Range(1)] | None = None
     # The release trains with the frozen encoders in train mode (SpecAugment, batch-stat bn0,
     # stochastic depth); false holds them in eval mode.
     encoders_train_mode: bool = True
@@ -122,14 +127,26 @@ class DGSCTModel(nn.Module):
         return self
 
     # -- forward -------------------------------------------------------------------------------
+    @property
+    def frame_size(self) -> int:
+        """Side length of the frames the model is called with."""
+        return self.cfg.input_size or self.cfg.visual.img_size
+
     def expected_frames_shape(self) -> str:
-        s = self.cfg.visual.img_size
+        s = self.frame_size
         return f"[B, {self.cfg.num_segments}, 3, {s}, {s}]"
 
     def check_frames(self, frames: torch.Tensor, name: str = "frames") -> None:
-        t, s = self.cfg.num_segments, self.cfg.visual.img_size
+        t, s = self.cfg.num_segments, self.frame_size
         if frames.dim() != 5 or tuple(frames.shape[1:]) != (t, 3, s, s):
             raise ValueError(f"{name}: expected {self.expected_frames_shape()}, got {list(frames.shape)}")
+
+    def _to_tower_size(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` frames at the visual tower's size (``input_size`` -> ``img_size``)."""
+        size = self.cfg.visual.img_size
+        if frames.shape[-1] == size and frames.shape[-2] == size:
+            return frames
+        return F.interpolate(frames, size=(size, size), mode="bicubic", align_corners=False)
 
     def check_inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> None:
         t = self.cfg.num_segments
@@ -156,7 +173,7 @@ class DGSCTModel(nn.Module):
         self.check_inputs(frames, audio)
         b, t = frames.shape[:2]
         out = self.encoder(
-            frames.flatten(0, 1),
+            self._to_tower_size(frames.flatten(0, 1)),
             audio.flatten(0, 1),
             mix_lambda=mix_lambda,
             use_adapters=use_adapters,
@@ -168,7 +185,7 @@ class DGSCTModel(nn.Module):
     def encode_plain(self, frames: torch.Tensor, name: str = "frames") -> torch.Tensor:
         """Adapter-free visual token maps ``[B * T, L, C]`` of ``frames [B, T, 3, H, W]``."""
         self.check_frames(frames, name)
-        return self.encoder.encode_plain_visual(frames.flatten(0, 1))
+        return self.encoder.encode_plain_visual(self._to_tower_size(frames.flatten(0, 1)))
 
     def forward(
         self,

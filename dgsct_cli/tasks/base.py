@@ -281,6 +281,24 @@ class Task:
 
         return label_names(dataset.class_names, dataset.background_index)
 
+    def draw_predictions(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        out: Path,
+        *,
+        limit: int | None,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        console: Console | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Draw the model's predictions on ``dataset`` into the folder ``out`` (``dgsct visualize
+        masks``): one image per sample (at most ``limit``) and an index page. Returns a summary
+        (``{"images": [...], "index": path}``)."""
+        raise ValueError(f"task {self.name!r} has no prediction figures (it predicts no masks)")
+
 
 TASKS: dict[str, Task] = {}
 
@@ -293,6 +311,8 @@ BUILTIN_TASKS = {
     "fewshot-ave-cls": "dgsct_cli.tasks.fewshot",
     "fewshot-llp-cls": "dgsct_cli.tasks.fewshot",
     "vggsound40k": "dgsct_cli.tasks.vggsound40k",
+    "avs-s4": "dgsct_cli.tasks.avs",
+    "avs-ms3": "dgsct_cli.tasks.avs",
 }
 BUILTIN_PREPARE = {
     "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
@@ -304,6 +324,7 @@ BUILTIN_PREPARE = {
         "vggsound40k",
         "Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training.",
     ),
+    "avs": ("avs-s4", "Prepare AVSBench S4 or MS3 (or a synthetic stand-in) for audio-visual segmentation."),
 }
 
 

@@ -155,7 +155,12 @@ class KernelLogMel(nn.Module):
 
     def __init__(self, cfg: HTSATConfig) -> None:
         super().__init__()
-        fb = torchaudio.functional.melscale_fbanks(
+        self.melW = nn.Parameter(self.computed(cfg))
+
+    @staticmethod
+    def computed(cfg: HTSATConfig) -> torch.Tensor:
+        """The standard Slaney filterbank ``[bins, mel]`` for ``cfg``."""
+        return torchaudio.functional.melscale_fbanks(
             cfg.n_fft // 2 + 1,
             cfg.fmin,
             cfg.fmax,
@@ -164,7 +169,6 @@ class KernelLogMel(nn.Module):
             norm="slaney",
             mel_scale="slaney",
         )
-        self.melW = nn.Parameter(fb)
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:
         return 10.0 * torch.log10(torch.clamp(power @ self.melW, min=1e-10))
@@ -372,4 +376,30 @@ def load_htsat_weights(model: HTSAT, source: str | Path | dict[str, torch.Tensor
     if not any(k.startswith("layers.") for k in stripped):
         raise CheckpointError(f"{name}: no HTS-AT 'layers.*' weights found (is this an HTS-AT checkpoint?)")
     check_front_end_constants(stripped, model, name)
-    load_into(model, convert_htsat_state_dict(stripped, htsat_unused_keys(model.cfg)), name)
+    state = convert_htsat_state_dict(stripped, htsat_unused_keys(model.cfg))
+    load_into(model, with_front_end(state, model, name), name)
+
+
+def front_end_keys(model: HTSAT) -> list[str]:
+    """Keys of the STFT kernels and mel matrix when the front end is a tensor of the model."""
+    return [k for k in model.state_dict() if re.match(r"(spectrogram_extractor|logmel_extractor)\.", k)]
+
+
+def with_front_end(state: dict[str, torch.Tensor], model: HTSAT, name: str, prefix: str = "") -> dict:
+    """``state``, with the model's own (computed) STFT kernels and mel matrix added when a file
+    without them is loaded into a ``front_end: weights`` model: such a file means the standard
+    front end, which is what they are initialised to."""
+    keys = [prefix + k for k in front_end_keys(model)]
+    missing = [k for k in keys if k not in state]
+    if not missing:
+        return state
+    if len(missing) < len(keys):
+        raise CheckpointError(f"{name}: has only part of the HTS-AT front end (missing {', '.join(missing)})")
+    log.info("%s: no STFT kernels or mel matrix in the file; using the computed ones", name)
+    real, imag = _stft_kernels(model.cfg.n_fft)
+    computed = {
+        "spectrogram_extractor.stft.conv_real.weight": real,
+        "spectrogram_extractor.stft.conv_imag.weight": imag,
+        "logmel_extractor.melW": KernelLogMel.computed(model.cfg),
+    }
+    return {**state, **{k: computed[k[len(prefix) :]] for k in missing}}

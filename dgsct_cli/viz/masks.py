@@ -1,0 +1,175 @@
+"""Segmentation figures: each video's frames with the predicted and the true masks overlaid, one PNG
+per video, and an ``index.html`` that lists them with their scores (``dgsct visualize masks``)."""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from rich.console import Console
+from torch.utils.data import Subset
+
+from ..atomic import atomic_write_bytes
+from ..data.datasets import make_loader
+from ..runtime import autocast_for, progress_bar, to_device
+from ..tasks.avs_metrics import mask_iou
+
+__all__ = ["draw_mask_predictions", "overlay"]
+
+PRED_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+TRUE_COLOUR = np.array([40, 220, 80], dtype=np.float32)
+LABEL_HEIGHT = 18
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, colour: np.ndarray, dim: float = 0.35) -> np.ndarray:
+    """``frame`` uint8 ``[H, W, 3]`` with the outside of ``mask`` (bool ``[H, W]``) darkened and
+    its boundary drawn in ``colour`` (readable whatever the object's own colour)."""
+    out = frame.astype(np.float32)
+    out[~mask] *= dim
+    inner = mask.copy()
+    for _ in range(2):  # a 2-pixel boundary
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    edge = mask & ~inner
+    out[edge] = colour
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _tile(image: np.ndarray, label: str) -> Image.Image:
+    tile = Image.new("RGB", (image.shape[1], image.shape[0] + LABEL_HEIGHT), (255, 255, 255))
+    tile.paste(Image.fromarray(image), (0, LABEL_HEIGHT))
+    ImageDraw.Draw(tile).text((3, 3), label, fill=(0, 0, 0))
+    return tile
+
+
+def _video_figure(
+    title: str,
+    frames: np.ndarray,
+    prob: np.ndarray,
+    masks: np.ndarray,
+    valid: np.ndarray,
+    ious: list[float | None],
+) -> Image.Image:
+    """Three rows (frame, prediction, ground truth) x T columns, with a title line."""
+    t, h, w = prob.shape
+    figure = Image.new("RGB", (t * w, LABEL_HEIGHT + 3 * (h + LABEL_HEIGHT)), (255, 255, 255))
+    ImageDraw.Draw(figure).text((3, 3), title, fill=(0, 0, 0))
+    for i in range(t):
+        frame = frames[i]
+        iou = "" if ious[i] is None else f" IoU {ious[i]:.2f}"
+        rows = [
+            _tile(frame, f"frame {i + 1}"),
+            _tile(overlay(frame, prob[i] > 0.5, PRED_COLOUR), f"prediction{iou}"),
+            _tile(overlay(frame, masks[i] > 0.5, TRUE_COLOUR), "truth" if valid[i] else "truth: none"),
+        ]
+        for r, tile in enumerate(rows):
+            figure.paste(tile, (i * w, LABEL_HEIGHT + r * (h + LABEL_HEIGHT)))
+    return figure
+
+
+def _save_png(image: Image.Image, path: Path) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
+
+
+@torch.no_grad()
+def draw_mask_predictions(
+    task: Any,
+    model: torch.nn.Module,
+    dataset: Any,
+    out: Path,
+    *,
+    limit: int | None,
+    device: torch.device,
+    precision: str = "auto",
+    batch_size: int = 2,
+    console: Console | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``model`` on the first ``limit`` videos of ``dataset`` (a split of a prepared AVS cache)
+    and write ``<out>/<index>_<video>.png`` per video plus ``<out>/index.html``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; --out names a folder for the figures")
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count == 0:
+        raise ValueError(f"split '{dataset.split}' has no videos to draw")
+    subset = Subset(dataset, range(count))
+    loader = make_loader(subset, batch_size, 0, device)
+    was_training = model.training
+    model.eval()
+    entries = []
+    try:
+        with progress_bar(console, disable=not progress) as bar:
+            job = bar.add_task("drawing masks", total=len(loader), info="")
+            for batch in loader:
+                batch = to_device(batch, device)
+                with autocast_for(device, precision):
+                    outputs = task.forward(model, batch)
+                masks = batch["masks"].float().cpu()
+                b, t = masks.shape[:2]
+                logits = outputs["mask_logits"].float().cpu()
+                if logits.shape[-2:] != masks.shape[-2:]:
+                    logits = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
+                logits = logits.view(b, t, *masks.shape[-2:])
+                valid = batch.get("mask_valid", torch.ones(b, t)).cpu().bool()
+                for j in range(b):
+                    index = int(batch["index"][j])
+                    sample = dataset.samples[index]
+                    frames = np.asarray(dataset.cache.frames(sample["video_id"]))
+                    if frames.shape[1:3] != tuple(masks.shape[-2:]):
+                        from ..data.video import resize_frames
+
+                        frames = resize_frames(frames, masks.shape[-1])
+                    ious = [
+                        mask_iou(logits[j, i : i + 1], masks[j, i : i + 1]).item() if valid[j, i] else None
+                        for i in range(t)
+                    ]
+                    video_iou = mask_iou(logits[j], masks[j]).item() if bool(valid[j].all()) else None
+                    title = f"{sample['id']} ({dataset.split})" + (
+                        "" if video_iou is None else f"  mIoU {video_iou:.3f}"
+                    )
+                    figure = _video_figure(
+                        title,
+                        frames,
+                        torch.sigmoid(logits[j]).numpy(),
+                        masks[j].numpy(),
+                        valid[j].numpy(),
+                        ious,
+                    )
+                    name = f"{index:04d}_{_safe_name(sample['id'])}.png"
+                    _save_png(figure, out / name)
+                    entries.append({"file": name, "id": sample["id"], "miou": video_iou})
+                bar.advance(job)
+    finally:
+        model.train(was_training)
+    rows = "\n".join(
+        f"<tr><td>{html.escape(e['id'])}</td><td>{'-' if e['miou'] is None else format(e['miou'], '.3f')}</td>"
+        f'<td><a href="{html.escape(e["file"])}"><img src="{html.escape(e["file"])}" width="560"></a></td></tr>'
+        for e in entries
+    )
+    page = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>masks: "
+        f"{html.escape(task.name)} {html.escape(dataset.split)}</title></head><body>\n"
+        f"<h1>{html.escape(task.name.upper())}, split {html.escape(dataset.split)}: {len(entries)} videos</h1>\n"
+        "<p>Rows of each figure: the frame, the predicted mask (red outline, sigmoid &gt; 0.5) and the true mask "
+        "(green), the rest of the frame darkened. IoU as the release scores it (an empty true mask scores the pixels left empty).</p>\n"
+        f"<table border='1' cellpadding='4'>\n<tr><th>video</th><th>mIoU</th><th>figure</th></tr>\n{rows}\n"
+        "</table></body></html>\n"
+    )
+    index = atomic_write_bytes(out / "index.html", page.encode("utf-8"))
+    return {"images": [str(out / e["file"]) for e in entries], "index": str(index), "videos": len(entries)}
