@@ -88,6 +88,9 @@ class Task:
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
     release: ReleaseLayout | None = None
     recipe: str | None = None  # the built-in recipe for release checkpoints of this task
+    # Other label kinds segment_labels/label_names offer besides the default (e.g. AVQA's
+    # "answer" and "type"): ``extract --labels`` and ``visualize tsne --labels`` choose one.
+    label_kinds: tuple[str, ...] = ()
 
     # -- model -----------------------------------------------------------------------------------
     def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:
@@ -184,11 +187,12 @@ class Task:
     def metrics_table(self, metrics: dict[str, Any]) -> Table:
         raise NotImplementedError
 
-    def segment_labels(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours."""
+    def segment_labels(self, batch: dict[str, Any], kind: str | None = None) -> torch.Tensor:
+        """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours (``kind``: one
+        of ``label_kinds``; only passed when the user picks one)."""
         raise NotImplementedError
 
-    def label_names(self, dataset: Any) -> list[str]:
+    def label_names(self, dataset: Any, kind: str | None = None) -> list[str]:
         """Names of the values :meth:`segment_labels` returns (t-SNE legends)."""
         from ..data.manifest import label_names
 
@@ -199,12 +203,21 @@ TASKS: dict[str, Task] = {}
 
 # Built-in tasks by module; importing a module registers its task. The CLI reads the prepare
 # command names here so that ``dgsct --help`` imports no task (and no torch).
-BUILTIN_TASKS = {"ave": "dgsct_cli.tasks.ave", "avvp": "dgsct_cli.tasks.avvp"}
+BUILTIN_TASKS = {
+    "ave": "dgsct_cli.tasks.ave",
+    "avvp": "dgsct_cli.tasks.avvp",
+    "avqa": "dgsct_cli.tasks.avqa",
+    "avqa-grounding": "dgsct_cli.tasks.avqa",
+}
 BUILTIN_PREPARE = {
     "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
     "avvp": (
         "avvp",
         "Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features.",
+    ),
+    "avqa": (
+        "avqa",
+        "Prepare MUSIC-AVQA for AVQA (or a synthetic stand-in): questions, vocabularies, frames, audio.",
     ),
 }
 
