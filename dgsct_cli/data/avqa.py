@@ -688,21 +688,16 @@ class AVQADataset(SegmentDataset):
     """One item per question: the SegmentDataset keys (``frames``, ``audio``, ``index``) and the
     targets ``question [14]``, ``answer [1]``, ``question_type [1]``, ``template [1]``,
     ``record [1]``, ``question_id [1]``; with ``negatives`` also ``negative_frames`` ``[10, 3, H, W]``
-    drawn by that rule (:func:`draw_negatives`) among this split's videos.
-
-    ``rng``: None draws from Python's global ``random`` (the release; training seeds and
-    checkpoints it); otherwise a per-item generator seeded with ``(rng, index)`` (reproducible).
+    drawn by that rule (:func:`draw_negatives`) among this split's videos, from Python's global
+    ``random`` as the release draws them (the trainer seeds it and saves its state).
     """
 
-    def __init__(
-        self, cache: PreparedCache, split: str, *, negatives: str | None = None, rng: str | None = None, **kw
-    ) -> None:
+    def __init__(self, cache: PreparedCache, split: str, *, negatives: str | None = None, **kw) -> None:
         super().__init__(cache, split, **kw)
         info = cache_info(cache)
         self.question_vocab: list[str] = list(info["question_vocab"])
         self.templates: list[str] = list(info.get("templates", []))
         self.negatives = negatives
-        self.rng = rng
         self.videos = _split_videos(self.samples)
         self._video_index = {v: i for i, v in enumerate(self.videos)}
         if negatives is not None and negatives not in NEGATIVE_RULES:
@@ -717,16 +712,11 @@ class AVQADataset(SegmentDataset):
             )
         return x.sub_(self._mean).div_(self._std)[0]
 
-    def _generator(self, i: int):
-        return random if self.rng is None else random.Random(f"{self.rng}:{self.split}:{i}")
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = super().__getitem__(i)
         if self.negatives is not None:
             vid = self.samples[i]["video_id"]
-            drawn = draw_negatives(
-                self._video_index[vid], len(self.videos), self._generator(i), self.negatives
-            )
+            drawn = draw_negatives(self._video_index[vid], len(self.videos), random, self.negatives)
             item["negative_frames"] = torch.stack([self._one_frame(self.videos[v], s) for v, s in drawn])
         return item
 
