@@ -201,3 +201,59 @@ def test_release_layout_files_of_both_stages_evaluate_convert_and_load(runs):
 
 def test_bench_runs_an_avqa_training_step():
     ok("--quiet", "bench", "--recipe", "avqa-tiny", "--steps", 1, "--warmup", 0, "--batch-size", 2)
+
+
+@pytest.mark.slow
+def test_init_from_copies_stage1_tensors_and_nothing_else(runs, tmp_path):
+    from dgsct_cli.checkpoint import read_checkpoint_tensors
+    from dgsct_cli.config import load_recipe
+    from dgsct_cli.train import Trainer
+
+    _, data, stage1, _ = runs
+    recipe = load_recipe("avqa-tiny", [f"train.init_from.checkpoint={stage1}"])
+    trainer = Trainer(recipe, data, tmp_path / "run", show_progress=False)
+    trainer._build()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer._init_from()
+    after = trainer.model.state_dict()
+    source = read_checkpoint_tensors(stage1 / "best.safetensors")
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == set(trainer.init_copied) and len(changed) == 14
+    for key in changed:
+        assert torch.equal(after[key], source[key]), key
+
+
+def test_the_recipes_hold_the_release_settings():
+    from dgsct_cli.config import load_recipe
+    from dgsct_cli.factory import create_model
+
+    stage2 = load_recipe("avqa.yaml")
+    a = stage2.model.adapter
+    assert (a.num_tokens, a.token_init, a.groups, a.use_bn, a.use_gate, a.audio_gate) == (
+        2,
+        "zeros",
+        4,
+        False,
+        True,
+        False,
+    )
+    t = stage2.train
+    assert (t.lr, t.batch_size, t.early_stop, t.epochs, t.seed, t.mixup) == (1e-4, 8, 3, 80, 1, True)
+    assert (t.scheduler.type, t.scheduler.step_size, t.scheduler.gamma) == ("step", 8, 0.1)
+    assert sorted(t.init_from.modules) == sorted(TRANSFER_MODULES) and stage2.loss.match_weight == 0.5
+    stage1 = load_recipe("avqa-grounding")
+    assert not stage1.model.use_adapters and stage1.model.num_segments == 1
+    assert (stage1.train.lr, stage1.train.batch_size, stage1.train.epochs) == (3e-4, 128, 30)
+
+    # The trainable set: adapters and the whole head, the question embedding and LSTM included.
+    model = create_model("avqa", load_recipe("avqa-tiny").model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "head.question_encoder.word2vec.weight" in trainable
+    assert "head.question_encoder.lstm.weight_hh_l0" in trainable
+    assert any("vis_adapter_blocks_p1" in n for n in trainable)
+    assert not any(n.startswith(("encoder.visual.", "encoder.audio.")) for n in trainable)
+    grounding = create_model("avqa-grounding", load_recipe("avqa-grounding-tiny").model)
+    assert not list(grounding.encoder.adapter_modules()[0]) and not grounding.encoder.pairs
+    assert {n.split(".")[1] for n, p in grounding.named_parameters() if p.requires_grad} == {
+        "fc_a1", "fc_a2", "fc_gl", "fc1", "fc2", "fc3", "fc4"
+    }  # fmt: skip
