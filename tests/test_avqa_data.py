@@ -359,3 +359,26 @@ def test_datasets_of_both_stages(extracted):
     # The negative is a frame of the other video.
     other = torch.from_numpy(np.load(out / "frames" / "00000001.npy")).permute(0, 3, 1, 2).float() / 255
     assert any(torch.allclose(g["negative_frames"][0], (f - mean) / std) for f in other)
+
+
+def test_an_items_negatives_do_not_depend_on_the_worker_that_reads_it(extracted):
+    """Loader workers draw each item's negatives from the epoch's base seed and the item, so a run
+    resumed mid-epoch (other items per worker) sees the same negatives."""
+    from torch.utils.data import DataLoader
+
+    from dgsct_cli.config import load_recipe
+    from dgsct_cli.data.manifest import PreparedCache
+    from dgsct_cli.tasks.base import get_task
+
+    _, out, _ = extracted
+    recipe = load_recipe("avqa-tiny", ["model.head.negatives=other_video"])
+    train = get_task("avqa").open_dataset(PreparedCache(out), "train", recipe.model, recipe.data)
+
+    def negatives(order: list[int]) -> dict[int, torch.Tensor]:
+        loader = DataLoader(
+            train, batch_size=1, sampler=order, num_workers=2, generator=torch.Generator().manual_seed(7)
+        )
+        return {int(b["index"]): b["negative_frames"][0] for b in loader}
+
+    whole, resumed = negatives([0, 1, 2]), negatives([1, 2])
+    assert all(torch.equal(whole[i], resumed[i]) for i in (1, 2))

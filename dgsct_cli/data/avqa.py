@@ -393,15 +393,7 @@ def _detect_layout(root: Path, annotations: str) -> _Layout:
         )
     if (root / "frames").is_dir() and (root / "audio_wave").is_dir():
         return _Layout("frames", json_dir)
-    dirs = tuple(
-        d
-        for d in (
-            root,
-            root / "videos",
-            root / "MUSIC-AVQA-videos-Real",
-            root / "MUSIC-AVQA-videos-Synthetic",
-        )
-    )
+    dirs = (root, root / "videos", root / "MUSIC-AVQA-videos-Real", root / "MUSIC-AVQA-videos-Synthetic")
     return _Layout("videos", json_dir, dirs)
 
 
@@ -470,7 +462,8 @@ def _copy_extracted(
     reused = [
         v for v in video_ids if cached_video_ok(out, v, AVQA_NUM_SEGMENTS, image_size, AVQA_SAMPLE_RATE)
     ]
-    todo = [v for v in video_ids if v not in set(reused)]
+    done = set(reused)
+    todo = [v for v in video_ids if v not in done]
     decoded: list[str] = []
     failed: dict[str, str] = {}
     bar = make_progress(console) if todo and progress else None
@@ -684,12 +677,25 @@ def _split_videos(samples: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
+def _item_rng(i: int, fixed: str | None = None):
+    """The generator item ``i`` draws its negatives from (Python ``random``, as the release).
+
+    ``fixed``: one seeded per item (evaluation splits). Otherwise, in the main process, the global
+    generator (training seeds it and saves its state); in a DataLoader worker, one seeded by the
+    loader's per-epoch base seed and the item, so an item's negatives do not depend on which
+    worker reads it (a run resumed mid-epoch draws the same ones)."""
+    if fixed is not None:
+        return random.Random(f"{fixed}:{i}")
+    info = torch.utils.data.get_worker_info()
+    return random if info is None else random.Random(f"{info.seed - info.id}:{i}")
+
+
 class AVQADataset(SegmentDataset):
     """One item per question: the SegmentDataset keys (``frames``, ``audio``, ``index``) and the
     targets ``question [14]``, ``answer [1]``, ``question_type [1]``, ``template [1]``,
     ``record [1]``, ``question_id [1]``; with ``negatives`` also ``negative_frames`` ``[10, 3, H, W]``
-    drawn by that rule (:func:`draw_negatives`) among this split's videos, from Python's global
-    ``random`` as the release draws them (the trainer seeds it and saves its state).
+    drawn by that rule (:func:`draw_negatives`) among this split's videos with Python's
+    ``random``, as the release draws them (see :func:`_item_rng`).
     """
 
     def __init__(self, cache: PreparedCache, split: str, *, negatives: str | None = None, **kw) -> None:
@@ -716,7 +722,7 @@ class AVQADataset(SegmentDataset):
         item = super().__getitem__(i)
         if self.negatives is not None:
             vid = self.samples[i]["video_id"]
-            drawn = draw_negatives(self._video_index[vid], len(self.videos), random, self.negatives)
+            drawn = draw_negatives(self._video_index[vid], len(self.videos), _item_rng(i), self.negatives)
             item["negative_frames"] = torch.stack([self._one_frame(self.videos[v], s) for v, s in drawn])
         return item
 
@@ -751,7 +757,7 @@ class GroundingDataset(SegmentDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         v, t = divmod(i, AVQA_NUM_SEGMENTS)
-        rng = random if self.rng is None else random.Random(f"{self.rng}:{self.split}:{i}")
+        rng = _item_rng(i, None if self.rng is None else f"{self.rng}:{self.split}")
         ((nv, ns),) = draw_negatives(v, len(self.videos), rng, "other_video", count=1)
         video_id = self.videos[v]
         return {
