@@ -28,12 +28,18 @@ def extract_features(
     precision: str = "auto",
     console: Console | None = None,
     show_progress: bool = True,
+    label_kind: str | None = None,
 ) -> dict[str, Any]:
     """``visual [N, T, Cv]``, ``audio [N, T, Ca]``, ``segment_labels [N, T]`` and sample ids.
 
     With ``use_adapters=False`` the same frozen encoders run without DG-SCT (mean-pooled tokens),
-    the baseline the paper's t-SNE figure compares against.
+    the baseline the paper's t-SNE figure compares against. ``label_kind`` picks one of the
+    task's ``label_kinds`` for ``segment_labels`` (default: the task's own labels).
     """
+    kind = {} if label_kind is None else {"kind": label_kind}
+    if label_kind is not None and label_kind not in task.label_kinds:
+        offered = ", ".join(task.label_kinds) or "none besides its default"
+        raise ValueError(f"--labels {label_kind}: the {task.name} task's label kinds are: {offered}")
     model.eval()
     loader = make_loader(dataset, batch_size, num_workers, device)
     visual, audio, labels = [], [], []
@@ -47,7 +53,7 @@ def extract_features(
                 feats = model.encode(batch["frames"], batch["audio"], use_adapters=use_adapters)
             visual.append(feats.visual.float().cpu())
             audio.append(feats.audio.float().cpu())
-            labels.append(task.segment_labels(batch).cpu())
+            labels.append(task.segment_labels(batch, **kind).cpu())
             bar.advance(job)
     return {
         "visual": torch.cat(visual).numpy(),
@@ -57,7 +63,7 @@ def extract_features(
         "class_names": np.array(dataset.class_names),
         "background_index": np.array(-1 if dataset.background_index is None else dataset.background_index),
         # Names of the values in segment_labels (classes, background, answers...: the task's).
-        "label_names": np.array(task.label_names(dataset)),
+        "label_names": np.array(task.label_names(dataset, **kind)),
         "use_adapters": np.array(use_adapters),
         "task": np.array(task.name),
         "split": np.array(dataset.split),

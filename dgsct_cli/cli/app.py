@@ -36,6 +36,12 @@ SplitOption = Annotated[str, typer.Option("--split", "-s", help="Split of the pr
 ReleaseRecipeOption = Annotated[
     str | None, typer.Option("--recipe", "-r", help="Model recipe for a release checkpoint.")
 ]
+LabelsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--labels", help="Which labels to store and colour by, for a task that offers several kinds."
+    ),
+]
 
 
 @app.callback()
@@ -297,7 +303,12 @@ def eval_(
 
 
 def _features(
-    checkpoint: Path, data: Path, split: str, use_adapters: bool, recipe: str | None = None
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    use_adapters: bool,
+    recipe: str | None = None,
+    labels: str | None = None,
 ) -> dict:
     from ..extract import extract_features
 
@@ -315,6 +326,7 @@ def _features(
             r.train.precision,
             err_console,
             show_progress(),
+            label_kind=labels,
         )
     return feats
 
@@ -330,12 +342,13 @@ def extract(
         True, "--adapters/--no-adapters", help="--no-adapters: the frozen encoders' own features."
     ),
     recipe: ReleaseRecipeOption = None,
+    labels: LabelsOption = None,
 ) -> None:
     """Per-segment pooled visual/audio features with labels and sample ids, to one .npz file."""
     from ..extract import save_features
 
     _check_writable(out if out.suffix == ".npz" else out.with_name(out.name + ".npz"))
-    feats = _features(checkpoint, data, split, adapters, recipe)[adapters]
+    feats = _features(checkpoint, data, split, adapters, recipe, labels)[adapters]
     path = save_features(out, feats)
     console.print(
         f"wrote {path}: visual {tuple(feats['visual'].shape)}, audio {tuple(feats['audio'].shape)}, "
@@ -353,13 +366,14 @@ def tsne(
     modality: str = typer.Option("both", "--modality", help="visual, audio or both."),
     seed: int = typer.Option(0, "--seed"),
     recipe: ReleaseRecipeOption = None,
+    labels: LabelsOption = None,
 ) -> None:
     """t-SNE of segment features, without vs with DG-SCT, with a silhouette score per panel."""
     from ..viz.tsne import FeaturePanel, plot_tsne_panels
 
     if modality not in ("visual", "audio", "both"):
         raise ValueError(f"--modality must be visual, audio or both, got {modality!r}")
-    feats = _features(checkpoint, data, split, None, recipe)
+    feats = _features(checkpoint, data, split, None, recipe, labels)
     base, ours = feats[False], feats[True]
     _check_writable(out)
     labels = ours["segment_labels"].reshape(-1)

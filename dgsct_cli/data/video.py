@@ -26,6 +26,7 @@ __all__ = [
     "decode_clip_sizes",
     "decode_windows",
     "frame_indices",
+    "linspace_1fps",
     "resize_frames",
     "tile_audio",
 ]
@@ -87,10 +88,34 @@ def last_of_sixteen(num_frames: int, fps: float, num_segments: int) -> tuple[np.
     return np.minimum(np.array(picks, dtype=np.int64), num_frames - 1), None
 
 
+def linspace_1fps(num_frames: int, fps: float, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    """MUSIC-AVQA (AVQA): the release reads frames ``linspace(1, N, num_segments)`` (truncated to
+    integers) of a 1-fps frame sequence ``%08d.jpg`` (AVQA/net_grd_avst/dataloader_avst.py:183-190).
+
+    We take the 1-fps sequence to be one frame per whole second of the clip (N = whole seconds,
+    at least 1), frame k (1-based) being the frame nearest the middle of second k; each segment's
+    1-s audio window is centred on its frame. The release's own extraction and audio cut are not
+    published, so this is our reading, not a copy.
+    """
+    if num_frames <= 0:
+        raise ValueError("the video has no frames")
+    if not (fps > 0 and math.isfinite(fps)):
+        fps = num_frames / num_segments  # unusable rate: spread the frames over num_segments seconds
+    seconds = max(int(num_frames / fps), 1)
+    picked = np.linspace(1, seconds, num_segments).astype(np.int64)  # 1-based, truncated
+    centres = picked - 0.5  # seconds
+    indices = np.minimum(np.floor(centres * fps + 0.5).astype(np.int64), num_frames - 1)
+    return indices, centres - 0.5
+
+
 # Frame rules by name: ``rule(num_frames, fps, num_segments) -> (frame indices [S], audio window
 # starts in seconds [S] or None)``. A dataset whose release picks its frames another way adds a
 # module-level function here (workers are spawned, so rules are looked up by name).
-FRAME_RULES = {"second_centres": second_centres, "last_of_sixteen": last_of_sixteen}
+FRAME_RULES = {
+    "second_centres": second_centres,
+    "last_of_sixteen": last_of_sixteen,
+    "linspace_1fps": linspace_1fps,
+}
 
 
 def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:

@@ -41,6 +41,9 @@ class ModelConfig:
     # Activation checkpointing of the frozen encoder blocks and the adapters: "auto" = on when the
     # visual tower is as deep as the full-size one, where stored activations dominate memory.
     recompute: Annotated[str, OneOf("auto", "on", "off")] = "auto"
+    # false: the frozen towers alone, no adapters (pooling by token means), for heads trained on
+    # the plain encoders (e.g. a grounding pre-training stage).
+    use_adapters: bool = True
 
 
 def resolve_family_sections(cfg: ModelConfig, where: str = "recipe") -> ModelConfig:
@@ -71,7 +74,7 @@ def build_dual_encoder(cfg: ModelConfig, load_weights: bool = True) -> DualEncod
     towers = family.build(cfg.visual, cfg.audio, cfg.text, load_weights)
     depth = sum(g.depth for g in towers.visual_view.geometry)
     recompute = cfg.recompute == "on" or (cfg.recompute == "auto" and depth >= family.recompute_auto_blocks)
-    return DualEncoder(family, towers, cfg.adapter, recompute=recompute)
+    return DualEncoder(family, towers, cfg.adapter, recompute=recompute, adapters=cfg.use_adapters)
 
 
 class DGSCTModel(nn.Module):
@@ -197,7 +200,8 @@ class DGSCTModel(nn.Module):
         needs = self.needs
         feats = self.encode(frames, audio, mix_lambda, needs=needs)
         for name in needs.plain_visual_inputs:
-            inputs[name] = self.encode_plain(inputs[name], name)
+            if inputs.get(name) is not None:  # an input the call leaves out reaches the head as absent
+                inputs[name] = self.encode_plain(inputs[name], name)
         out = self.head(feats, **inputs)
         out["visual_features"] = feats.visual
         out["audio_features"] = feats.audio

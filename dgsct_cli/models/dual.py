@@ -122,6 +122,7 @@ class DualEncoder(nn.Module):
         towers: TowerSet,
         settings: AdapterSettings | None = None,
         recompute: bool = False,
+        adapters: bool = True,
     ) -> None:
         super().__init__()
         self.family = family
@@ -134,7 +135,10 @@ class DualEncoder(nn.Module):
         self.settings = settings or AdapterSettings()
         self.recompute = recompute
         v_geom, a_geom = towers.visual_view.geometry, towers.audio_view.geometry
-        self.pairs: list[BlockPair] = family.pair_blocks([g.depth for g in v_geom], [g.depth for g in a_geom])
+        # Without adapters (``adapters=False``) there are no pairs: the towers run alone.
+        self.pairs: list[BlockPair] = (
+            family.pair_blocks([g.depth for g in v_geom], [g.depth for g in a_geom]) if adapters else []
+        )
 
         s = self.settings
         audio_settings = s if s.audio_gate is None else replace(s, use_gate=s.audio_gate, audio_gate=None)
@@ -180,6 +184,7 @@ class DualEncoder(nn.Module):
         needs: EncoderNeeds | None = None,
     ) -> EncoderOutput:
         needs = needs or EncoderNeeds()
+        use_adapters = use_adapters and bool(self.pairs)
         v_view, a_view = self.views
         taps: list[torch.Tensor] | None = [] if needs.visual_stages else None
         v = _Cursor(v_view, v_view.embed(frames), self.run, taps)

@@ -151,6 +151,9 @@ class Task:
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
     release: ReleaseLayout | None = None
     recipe: str | None = None  # the built-in recipe for release checkpoints of this task
+    # Other label kinds segment_labels/label_names offer besides the default (e.g. AVQA's
+    # "answer" and "type"): ``extract --labels`` and ``visualize tsne --labels`` choose one.
+    label_kinds: tuple[str, ...] = ()
 
     # -- model -----------------------------------------------------------------------------------
     def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:
@@ -249,8 +252,9 @@ class Task:
     def metrics_table(self, metrics: dict[str, Any]) -> Table:
         raise NotImplementedError
 
-    def segment_labels(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours."""
+    def segment_labels(self, batch: dict[str, Any], kind: str | None = None) -> torch.Tensor:
+        """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours (``kind``: one
+        of ``label_kinds``; only passed when the user picks one)."""
         raise NotImplementedError
 
     # -- predictions on a user's clip (``dgsct predict``) ----------------------------------------
@@ -275,7 +279,7 @@ class Task:
         """Write a PNG of the prediction (e.g. a timeline under sampled frames)."""
         raise NotImplementedError
 
-    def label_names(self, dataset: Any) -> list[str]:
+    def label_names(self, dataset: Any, kind: str | None = None) -> list[str]:
         """Names of the values :meth:`segment_labels` returns (t-SNE legends)."""
         from ..data.manifest import label_names
 
@@ -313,6 +317,8 @@ BUILTIN_TASKS = {
     "vggsound40k": "dgsct_cli.tasks.vggsound40k",
     "avs-s4": "dgsct_cli.tasks.avs",
     "avs-ms3": "dgsct_cli.tasks.avs",
+    "avqa": "dgsct_cli.tasks.avqa",
+    "avqa-grounding": "dgsct_cli.tasks.avqa",
 }
 BUILTIN_PREPARE = {
     "ave": ("ave", "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."),
@@ -325,6 +331,10 @@ BUILTIN_PREPARE = {
         "Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training.",
     ),
     "avs": ("avs-s4", "Prepare AVSBench S4 or MS3 (or a synthetic stand-in) for audio-visual segmentation."),
+    "avqa": (
+        "avqa",
+        "Prepare MUSIC-AVQA for AVQA (or a synthetic stand-in): questions, vocabularies, frames, audio.",
+    ),
 }
 
 
