@@ -42,7 +42,12 @@ def checkpoint_data_info(path: Path, task: Task, num_classes: int | None) -> Dat
         raw = read_metadata(path).get("data")
         if raw:
             data = json.loads(raw)
-            return DataInfo(data["dataset"], list(data["class_names"]), data.get("background_index"))
+            return DataInfo(
+                data["dataset"],
+                list(data["class_names"]),
+                data.get("background_index"),
+                data.get("extra", {}),
+            )
     info = task.default_data_info(num_classes)
     if info is None:
         names = [f"class {i}" for i in range(num_classes or 0)]
@@ -57,7 +62,7 @@ def window_batch(model: DGSCTModel, windows, data_cfg) -> tuple[torch.Tensor, to
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     frames = torch.stack(
-        [frames_to_tensor(w.frames.copy(), cfg.visual.img_size, mean_t, std_t) for w in windows]
+        [frames_to_tensor(w.frames.copy(), model.frame_size, mean_t, std_t) for w in windows]
     )
     rate = cfg.audio.sample_rate
     audio = torch.stack(
@@ -87,11 +92,17 @@ def predict_clip(
     cfg = model.cfg
     try:
         windows, duration = decode_windows(
-            path, cfg.num_segments, cfg.visual.img_size, cfg.audio.sample_rate, stride=stride
+            path,
+            cfg.num_segments,
+            model.frame_size,
+            cfg.audio.sample_rate,
+            stride=stride,
+            frame_rule=task.frame_rule,
+            whole_clip=task.predict_whole_clip,
         )
     except DecodeError as exc:
         return ClipResult(path, None, exc.reason)
-    ctx = PredictContext(path, windows, duration, info, dict(options))
+    ctx = PredictContext(path, windows, duration, info, dict(options), whole_clip=task.predict_whole_clip)
     model.eval()
     outputs: list[dict[str, torch.Tensor]] = []
     for first in range(0, len(windows), batch_size):
@@ -103,10 +114,7 @@ def predict_clip(
             batch[key] = torch.stack([e[key] for e in extras]).to(device)
         with autocast_for(device, precision):
             out = task.forward(model, batch)
-        for j in range(len(chunk)):
-            outputs.append(
-                {k: v[j].float().cpu() for k, v in out.items() if v.dim() and v.shape[0] == len(chunk)}
-            )
+        outputs.extend(task.split_window_outputs(out, len(chunk)))
         if on_window is not None:
             on_window()
     return ClipResult(path, task.summarize_prediction(ctx, outputs), None, ctx)

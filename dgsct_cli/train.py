@@ -263,6 +263,7 @@ class Trainer:
                     "dataset": info.dataset,
                     "class_names": info.class_names,
                     "background_index": info.background_index,
+                    "extra": info.extra,
                 }
             )
         }

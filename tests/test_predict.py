@@ -167,3 +167,97 @@ def test_visualize_attention_writes_pictures_and_an_index(clips, tmp_path):
     )
     _check_png(out / "short.png")
     assert 'src="short.png"' in (out / "index.html").read_text()
+
+
+def _task_checkpoint(task: str, recipe: str, folder: Path, data: dict) -> Path:
+    """A tiny random model of ``task`` in our checkpoint format with the given data metadata."""
+    from dgsct_cli.checkpoint import save_checkpoint
+    from dgsct_cli.config import load_recipe
+    from dgsct_cli.factory import create_model
+
+    torch.manual_seed(0)
+    r = load_recipe(recipe)
+    model = create_model(task, r.model)
+    r.model = model.cfg
+    path = folder / f"{task}.safetensors"
+    save_checkpoint(model, r, path, extra={"data": json.dumps(data)})
+    return path
+
+
+def test_decode_windows_follows_the_task_frame_rule(clips):
+    """A long clip's windows take each window's frames by the rule, counted from the window's start
+    (AVSBench: the last of 16 samples per second, frame 4l+3 at 4 fps)."""
+    import decord
+
+    from dgsct_cli.data.video import decode_windows, resize_frames
+
+    windows, duration = decode_windows(clips["long"], 5, 32, 32000, frame_rule="last_of_sixteen")
+    assert duration == 25 and [w.start for w in windows] == [0, 5, 10, 15, 20]
+    reader = decord.VideoReader(str(clips["long"]))
+    for w in windows:
+        expected = [4 * (w.start + second) + 3 for second in range(5)]
+        assert np.array_equal(w.frames, resize_frames(reader.get_batch(expected).asnumpy(), 32))
+        assert w.audio.shape == (5 * 32000,)
+    # Read whole (one sample per video, AVQA): one window over the clip, as prepare reads it.
+    whole, _ = decode_windows(clips["long"], 10, 32, 32000, frame_rule="linspace_1fps", whole_clip=True)
+    assert len(whole) == 1 and whole[0].frames.shape == (10, 32, 32, 3)
+
+
+def test_predict_avs_writes_masks_as_png_and_mp4(clips, tmp_path):
+    import decord
+
+    data = {"dataset": "avs-s4", "class_names": ["sounding object"], "background_index": None}
+    ckpt = _task_checkpoint("avs-s4", "avs-s4-tiny", tmp_path, data)
+    out, all_json = tmp_path / "out", tmp_path / "all.json"
+    args = ("predict", clips["short"], clips["long"], clips["broken"], "--checkpoint", ckpt)
+    result = ok("--quiet", *args, "--out", out, "--json", all_json)
+    assert "sounding objects" in result.stdout and "broken.mp4" in result.stderr
+    short, long, broken = json.loads(all_json.read_text())["clips"]
+    assert broken["error"].startswith("corrupt")
+    # A 3-s clip is one window of 5 segments over 3 s; a 25-s clip is five 5-s windows, per second.
+    assert short["windows"] == [0] and len(short["segments"]) == 5 and short["segments"][-1]["end"] == 3
+    assert long["windows"] == [0, 5, 10, 15, 20] and [s["start"] for s in long["segments"]] == list(range(25))
+    for summary in (short, long):
+        assert set(summary) == {"clip", "task", "duration", "windows", "mask_size", "segments"}
+        for s in summary["segments"]:
+            assert set(s) == {"start", "end", "sounding_area", "box"} and 0 <= s["sounding_area"] <= 1
+            assert s["box"] is None or (
+                0 <= s["box"][0] < s["box"][2] <= 1 and 0 <= s["box"][1] < s["box"][3] <= 1
+            )
+        stem = Path(summary["clip"]).stem
+        _check_png(out / f"{stem}.png")
+        assert json.loads((out / f"{stem}.json").read_text()) == summary
+    # The video shows every second's mask for a second (4 frames per second).
+    assert len(decord.VideoReader(str(out / "long.mp4"))) == 25 * 4
+
+
+def test_predict_avqa_answers_the_question(clips, tmp_path):
+    from dgsct_cli.data.avqa import ANSWER_VOCAB, QUESTION_VOCAB
+
+    data = {
+        "dataset": "avqa",
+        "class_names": list(ANSWER_VOCAB),
+        "background_index": None,
+        "extra": {"question_vocab": list(QUESTION_VOCAB)},
+    }
+    ckpt = _task_checkpoint("avqa", "avqa-tiny", tmp_path, data)
+    out = tmp_path / "out"
+    question = "Is the acoustic guitar louder than the violin?"
+    result = ok(
+        "--quiet", "predict", clips["long"], "--checkpoint", ckpt, "--question", question, "--out", out
+    )
+    assert question in result.stdout.replace("\n", "")
+    summary = json.loads((out / "long.json").read_text())
+    assert set(summary) == {"clip", "task", "duration", "question", "question_words", "answer", "top_answers"}
+    assert summary["question_words"] == ["Is", "the", "acoustic_guitar", "louder", "than", "the", "violin"]
+    probs = [p for _, p in summary["top_answers"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-3
+    assert summary["answer"] == summary["top_answers"][0][0] and summary["answer"] in ANSWER_VOCAB
+    _check_png(out / "long.png")
+    # Without a question, or with a word the model has no id for: one line, exit 1.
+    missing = CliRunner().invoke(app, ["predict", str(clips["short"]), "--checkpoint", str(ckpt)])
+    assert missing.exit_code == 1 and "--question" in missing.stderr
+    unknown = CliRunner().invoke(
+        app, ["predict", str(clips["short"]), "--checkpoint", str(ckpt), "--question", "Is the chello loud?"]
+    )
+    assert unknown.exit_code == 1 and "'chello' (closest: cello)" in unknown.stderr

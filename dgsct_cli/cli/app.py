@@ -519,15 +519,19 @@ def attention(
         for video in videos:
             try:
                 windows, _ = decode_windows(
-                    video, model.cfg.num_segments, model.cfg.visual.img_size, model.cfg.audio.sample_rate
+                    video,
+                    model.cfg.num_segments,
+                    model.frame_size,
+                    model.cfg.audio.sample_rate,
+                    frame_rule=task.frame_rule,
+                    whole_clip=task.predict_whole_clip,
                 )
             except DecodeError as exc:
                 err_console.print(f"[yellow]skipped {video}: {exc.reason}", highlight=False)
                 continue
             frames, audio = window_batch(model, windows[:1], r.data)
-            samples.append(
-                (f"{video} (0-{model.cfg.num_segments} s)", video, windows[0].frames, frames, audio)
-            )
+            span = "whole clip" if task.predict_whole_clip else f"0-{model.cfg.num_segments} s"
+            samples.append((f"{video} ({span})", video, windows[0].frames, frames, audio))
     else:
         from ..factory import open_split
 

@@ -155,6 +155,51 @@ def encode_question(
     return ids + [index[PAD]] * (max_words - len(ids))
 
 
+def user_question_ids(
+    text: str, vocab: Sequence[str], max_words: int = AVQA_MAX_WORDS
+) -> tuple[list[str], list[int]]:
+    """A question typed by a person as the model's word ids: split on whitespace, a final "?"
+    dropped, each word matched exactly, else lower-case or capitalised, and two words joined by
+    "_" when the vocabulary has them so ("acoustic guitar" -> ``acoustic_guitar``). An unknown word
+    is a ``ValueError`` naming it and the closest words (the model has no unknown-word id)."""
+    import difflib
+
+    index = {w: i for i, w in enumerate(vocab)}
+    raw = text.strip().rstrip("?？").replace(",", " ").split()
+    if not raw:
+        raise ValueError("--question is empty")
+    words: list[str] = []
+    unknown: list[str] = []
+    i = 0
+    while i < len(raw):
+        if i + 1 < len(raw):
+            joined = f"{raw[i]}_{raw[i + 1]}"
+            match = next((w for w in (joined, joined.lower()) if w in index), None)
+            if match is not None:
+                words.append(match)
+                i += 2
+                continue
+        word = raw[i]
+        match = next((w for w in (word, word.lower(), word.capitalize()) if w in index), None)
+        if match is None:
+            unknown.append(word)
+        else:
+            words.append(match)
+        i += 1
+    if unknown:
+        hints = []
+        for word in unknown:
+            close = difflib.get_close_matches(word, [w for w in vocab if w != PAD], n=3, cutoff=0.6)
+            hints.append(f"{word!r}" + (f" (closest: {', '.join(close)})" if close else ""))
+        raise ValueError(
+            f"--question: {'; '.join(hints)} not in the model's question vocabulary of "
+            f"{len(vocab) - 1} words (MUSIC-AVQA's templates; there is no unknown-word id)"
+        )
+    if len(words) > max_words:
+        raise ValueError(f"--question: {len(words)} words, more than the {max_words} the model reads")
+    return words, encode_question(words, index, max_words)
+
+
 def template_key(content: str) -> str:
     """The template a question was made from (its text with placeholders, last character dropped
     as the tokeniser does), e.g. ``Is there a <Object> sound``."""

@@ -9,7 +9,6 @@ can exercise the missing / corrupt / audio-less paths of ``prepare``.
 from __future__ import annotations
 
 import colorsys
-import fractions
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from ..atomic import atomic_output
 from .ave import AVE_CATEGORIES, AVE_HEADER, AVE_NUM_SEGMENTS, AVE_SPLIT_FILES
 from .avvp import AVVP_CLASSES, AVVP_EVAL_FILES, AVVP_NUM_SEGMENTS, AVVP_SPLIT_FILES, VIDEO_ST_DIM
+from .video import write_mp4
 
 __all__ = [
     "AVE_CATEGORIES",
@@ -83,48 +83,8 @@ def _render_audio(seg_class: list[int], sample_rate: int, rng) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def _video_codec() -> str:
-    import av
-
-    for name in ("libx264", "h264", "mpeg4"):
-        try:
-            av.codec.Codec(name, "w")
-        except Exception:  # not built into this FFmpeg
-            continue
-        return name
-    raise RuntimeError("PyAV has no h264 or mpeg4 encoder")
-
-
-def _write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray, sample_rate: int) -> None:
-    """Encode ``frames`` (+ mono ``audio``) into ``path``, via a temp file so it is never partial."""
-    import av
-
-    codec = _video_codec()
-    with atomic_output(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        vstream = container.add_stream(codec, rate=fps)
-        vstream.width, vstream.height = frames.shape[2], frames.shape[1]
-        vstream.pix_fmt = "yuv420p"
-        if codec != "mpeg4":
-            vstream.options = {"preset": "ultrafast", "crf": "28"}
-        astream = container.add_stream("aac", rate=sample_rate, layout="mono")
-        astream.bit_rate = 48000
-        for img in frames:
-            for packet in vstream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-        chunk = 1024  # AAC frame size
-        for start in range(0, audio.shape[0], chunk):
-            frame = av.AudioFrame.from_ndarray(
-                audio[None, start : start + chunk], format="fltp", layout="mono"
-            )
-            frame.sample_rate = sample_rate
-            frame.pts = start
-            frame.time_base = fractions.Fraction(1, sample_rate)
-            for packet in astream.encode(frame):
-                container.mux(packet)
-        for packet in astream.encode():
-            container.mux(packet)
+# Kept under its old name: the synthetic writers and tests call it.
+_write_mp4 = write_mp4
 
 
 def _video_ids(count: int, rng) -> list[str]:

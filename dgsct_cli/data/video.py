@@ -7,6 +7,7 @@ one per second, resized bicubically (no antialias) to ``image_size`` squared, an
 
 from __future__ import annotations
 
+import fractions
 import math
 import os
 import re
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..atomic import atomic_output
 
 __all__ = [
     "FRAME_RULES",
@@ -29,6 +32,7 @@ __all__ = [
     "linspace_1fps",
     "resize_frames",
     "tile_audio",
+    "write_mp4",
 ]
 
 
@@ -236,15 +240,22 @@ def decode_clip_sizes(
         raise DecodeError("no audio")
     if not np.isfinite(wave).all():
         raise DecodeError("corrupt: non-finite audio samples")
-    if windows is None:
-        return frame_sets, tile_audio(wave, num_segments * sample_rate)
-    # One second of audio per segment, starting where the rule says (clamped into the clip).
+    return frame_sets, _segment_audio(wave, windows, num_segments, sample_rate)
+
+
+def _segment_audio(
+    wave: np.ndarray, starts: np.ndarray | None, num_segments: int, sample_rate: int
+) -> np.ndarray:
+    """``[num_segments * sample_rate]`` audio: the clip's first seconds (tiled when short) when a
+    frame rule gives no audio windows, else one second per segment from each start (clamped)."""
+    if starts is None:
+        return tile_audio(wave, num_segments * sample_rate)
     audio = []
-    for start in windows:
+    for start in starts:
         first = int(round(float(start) * sample_rate))
         first = min(max(first, 0), max(wave.shape[0] - sample_rate, 0))
         audio.append(tile_audio(wave[first : first + sample_rate], sample_rate))
-    return frame_sets, np.concatenate(audio)
+    return np.concatenate(audio)
 
 
 @dataclass
@@ -282,18 +293,22 @@ def decode_windows(
     image_size: int,
     sample_rate: int,
     stride: int | None = None,
+    frame_rule: str = "second_centres",
+    whole_clip: bool = False,
 ) -> tuple[list[ClipWindow], float]:
     """A clip of any length as model windows, decoded once; returns (windows, duration in s).
 
-    A clip of at most ``num_segments`` seconds is one window, decoded as ``prepare`` decodes a
-    short clip (frames spread over the clip, audio tiled). A longer one is cut into windows of
-    ``num_segments`` seconds every ``stride`` seconds (default: back to back); the last window is
-    aligned to the clip's end so every second is covered. Each segment's frame is the one nearest
-    the middle of its second, as in ``prepare``. Raises :class:`DecodeError`.
+    A clip of at most ``num_segments`` seconds (or any clip with ``whole_clip``, for tasks whose
+    sample is a whole video) is one window, decoded as ``prepare`` decodes a clip with the same
+    ``frame_rule``. A longer one is cut into windows of ``num_segments`` seconds every ``stride``
+    seconds (default: back to back); the last window is aligned to the clip's end so every second
+    is covered, and the rule picks each window's frames (and audio windows, if it has them) as it
+    would for a clip that starts at the window's first frame. Raises :class:`DecodeError`.
     """
     path = Path(path)
     if not path.is_file():
         raise DecodeError("missing")
+    rule = FRAME_RULES[frame_rule]
     decord, errors = quiet_decord()
     try:
         with _quiet_stderr():
@@ -303,9 +318,10 @@ def decode_windows(
         raise DecodeError(f"corrupt: {_open_failure(path, exc)}") from exc
     if num_frames <= 0:
         raise DecodeError("corrupt: no frames")
-    duration = num_frames / fps if fps > 0 and math.isfinite(fps) else float(num_segments)
+    usable_fps = fps > 0 and math.isfinite(fps)
+    duration = num_frames / fps if usable_fps else float(num_segments)
     seconds = max(1, int(math.floor(duration + 1e-6)))
-    if seconds <= num_segments:
+    if whole_clip or seconds <= num_segments or not usable_fps:
         starts = [0]
     else:
         step = max(1, stride or num_segments)
@@ -321,19 +337,20 @@ def decode_windows(
         raise DecodeError("no audio") from exc
     if wave.size == 0:
         raise DecodeError("no audio")
+    if not np.isfinite(wave).all():
+        raise DecodeError("corrupt: non-finite audio samples")
     windows = []
     try:
         for start in starts:
-            if seconds <= num_segments:
-                indices = frame_indices(num_frames, fps, num_segments)
-                audio = tile_audio(wave, num_segments * sample_rate)
+            if len(starts) == 1:  # the whole clip, exactly as prepare reads it
+                first_frame, available, clip_wave = 0, num_frames, wave
             else:
-                mids = np.floor((start + np.arange(num_segments) + 0.5) * fps + 0.5).astype(np.int64)
-                indices = np.minimum(mids, num_frames - 1)
-                first = start * sample_rate
-                audio = tile_audio(
-                    wave[first : first + num_segments * sample_rate], num_segments * sample_rate
-                )
+                first_frame = int(math.floor(start * fps + 0.5))
+                available = num_frames - first_frame
+                clip_wave = wave[start * sample_rate : (start + num_segments) * sample_rate]
+            indices, audio_starts = rule(available, fps, num_segments)
+            indices = np.minimum(indices + first_frame, num_frames - 1)
+            audio = _segment_audio(clip_wave, audio_starts, num_segments, sample_rate)
             frames = reader.get_batch(indices.tolist()).asnumpy().astype(np.uint8, copy=False)
             windows.append(ClipWindow(start, resize_frames(frames, image_size), audio))
     except errors as exc:
@@ -341,3 +358,54 @@ def decode_windows(
     finally:
         del reader
     return windows, duration
+
+
+def _video_codec() -> str:
+    import av
+
+    for name in ("libx264", "h264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # not built into this FFmpeg
+            continue
+        return name
+    raise RuntimeError("PyAV has no h264 or mpeg4 encoder")
+
+
+def write_mp4(
+    path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None = None, sample_rate: int = 32000
+) -> None:
+    """Encode uint8 RGB ``frames [N, H, W, 3]`` (even sides; + mono float ``audio`` when given)
+    into ``path`` with PyAV, via a temp file so it is never partial."""
+    import av
+
+    codec = _video_codec()
+    with atomic_output(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        vstream = container.add_stream(codec, rate=fps)
+        vstream.width, vstream.height = frames.shape[2], frames.shape[1]
+        vstream.pix_fmt = "yuv420p"
+        if codec != "mpeg4":
+            vstream.options = {"preset": "ultrafast", "crf": "28"}
+        astream = None
+        if audio is not None:
+            astream = container.add_stream("aac", rate=sample_rate, layout="mono")
+            astream.bit_rate = 48000
+        for img in frames:
+            for packet in vstream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        if astream is None:
+            return
+        chunk = 1024  # AAC frame size
+        for start in range(0, audio.shape[0], chunk):
+            frame = av.AudioFrame.from_ndarray(
+                audio[None, start : start + chunk], format="fltp", layout="mono"
+            )
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            frame.time_base = fractions.Fraction(1, sample_rate)
+            for packet in astream.encode(frame):
+                container.mux(packet)
+        for packet in astream.encode():
+            container.mux(packet)

@@ -421,6 +421,63 @@ class AVQATask(_AVQAData, Task):
             return [*("/".join(t) for t in QUESTION_TYPES), "other"]
         return list(dataset.class_names)
 
+    # -- predictions on a user's clip: the whole clip is one sample, read as prepare reads a video
+    frame_rule = "linspace_1fps"
+    predict_whole_clip = True
+
+    def default_data_info(self, num_classes):
+        if num_classes not in (None, len(ANSWER_VOCAB)):
+            return None
+        return DataInfo("avqa", list(ANSWER_VOCAB), None, {"question_vocab": list(QUESTION_VOCAB)})
+
+    def predict_inputs(self, ctx, window):
+        from ..data.avqa import user_question_ids
+
+        if "question_ids" not in ctx.arrays:
+            question = ctx.options.get("question")
+            if not question:
+                raise ValueError('an AVQA model answers a question about the clip: give --question "..."')
+            vocab = ctx.info.extra.get("question_vocab") or list(QUESTION_VOCAB)
+            words, ids = user_question_ids(question, vocab)
+            ctx.arrays["question_words"], ctx.arrays["question_ids"] = words, ids
+        return {"question": torch.tensor(ctx.arrays["question_ids"], dtype=torch.long)}
+
+    def summarize_prediction(self, ctx, outputs):
+        """The answer to ``--question`` and the top five answers with their probabilities."""
+        probs = torch.softmax(outputs[0]["answer_logits"].float(), -1)
+        names = ctx.info.class_names
+        top = torch.topk(probs, min(5, probs.numel()))
+        answers = [[names[int(i)], round(float(v), 4)] for v, i in zip(top.values, top.indices)]
+        return {
+            "clip": str(ctx.path),
+            "task": self.name,
+            "duration": round(ctx.duration, 3),
+            "question": ctx.options.get("question"),
+            "question_words": ctx.arrays["question_words"],
+            "answer": answers[0][0],
+            "top_answers": answers,
+        }
+
+    def prediction_table(self, summary):
+        table = Table(title=f"{summary['clip']}: {summary['question']}", title_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column("answer")
+        table.add_column("probability", justify="right")
+        for rank, (answer, p) in enumerate(summary["top_answers"], 1):
+            table.add_row(str(rank), answer, f"{p:.3f}")
+        return table
+
+    def draw_prediction(self, ctx, summary, path):
+        from ..viz.timeline import draw_answers
+
+        draw_answers(
+            path,
+            f"{Path(summary['clip']).name}: AVQA",
+            ctx.windows[0].frames,
+            summary["question"],
+            [tuple(a) for a in summary["top_answers"]],
+        )
+
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
         batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)
         head = model_cfg.head

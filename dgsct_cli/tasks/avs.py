@@ -434,6 +434,83 @@ class AVSTask(Task):
             "mask_valid": torch.ones(batch_size, t, dtype=torch.long),
         }
 
+    # -- predictions on a user's clip (``dgsct predict``) -------------------------------------------
+    frame_rule = "last_of_sixteen"  # AVSBench's frames: the last of 16 samples per second
+
+    def split_window_outputs(self, outputs, count):
+        # mask_logits are [count * T, 1, H, W], video-major: one [T, H, W] per window.
+        logits = outputs["mask_logits"].float().cpu()
+        per_window = logits.view(count, -1, *logits.shape[-2:])
+        return [{"mask_logits": per_window[j]} for j in range(count)]
+
+    def summarize_prediction(self, ctx, outputs):
+        """Per second (per segment for a short clip): the share of the frame the model marks as
+        sounding and the box around it; the masks themselves go to the picture and the video."""
+        import numpy as np
+
+        prob = ctx.per_second([torch.sigmoid(o["mask_logits"]) for o in outputs])  # [S, H, W]
+        frames: dict[int, np.ndarray] = {}
+        for w in ctx.windows:
+            for t in range(w.frames.shape[0]):
+                frames.setdefault(w.start + t, w.frames[t])
+        count = prob.shape[0]
+        ctx.arrays["frames"] = np.stack([frames[t] for t in range(count)])
+        ctx.arrays["probability"] = prob.numpy()
+        spans = ctx.spans(count)
+        segments = []
+        for (start, end), p in zip(spans, prob, strict=True):
+            mask = p > 0.5
+            box = None
+            if mask.any():
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                h, w = mask.shape
+                box = [
+                    round(float(xs.min()) / w, 4),
+                    round(float(ys.min()) / h, 4),
+                    round(float(xs.max() + 1) / w, 4),
+                    round(float(ys.max() + 1) / h, 4),
+                ]
+            segments.append(
+                {
+                    "start": round(start, 3),
+                    "end": round(end, 3),
+                    "sounding_area": round(float(mask.float().mean()), 4),
+                    "box": box,
+                }
+            )
+        return {
+            "clip": str(ctx.path),
+            "task": self.name,
+            "duration": round(ctx.duration, 3),
+            "windows": [w.start for w in ctx.windows],
+            "mask_size": list(prob.shape[-2:]),
+            "segments": segments,
+        }
+
+    def prediction_table(self, summary):
+        table = Table(title=f"{summary['clip']}: sounding objects", title_justify="left")
+        table.add_column("time (s)")
+        table.add_column("sounding area", justify="right")
+        table.add_column("box (x0, y0, x1, y1; fraction of the frame)")
+        for s in summary["segments"]:
+            box = "-" if s["box"] is None else ", ".join(f"{v:.2f}" for v in s["box"])
+            table.add_row(f"{s['start']:g}-{s['end']:g}", f"{100 * s['sounding_area']:.1f}%", box)
+        return table
+
+    def draw_prediction(self, ctx, summary, path):
+        """``path`` (PNG): sampled frames with the predicted masks; beside it ``<stem>.mp4``: every
+        second's frame with its mask, shown for that second."""
+        from ..viz.masks import draw_clip_masks
+
+        spans = [(s["start"], s["end"]) for s in summary["segments"]]
+        draw_clip_masks(
+            path,
+            f"{Path(summary['clip']).name}: sounding objects",
+            ctx.arrays["frames"],
+            ctx.arrays["probability"],
+            spans,
+        )
+
     def draw_predictions(
         self, model, dataset, out, *, limit, device, precision, batch_size, console=None, progress=True
     ):

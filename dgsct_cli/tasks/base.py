@@ -93,10 +93,15 @@ class PredictContext:
     duration: float
     info: DataInfo
     options: dict[str, Any] = field(default_factory=dict)
+    whole_clip: bool = False  # one window spread over the whole clip (the task's samples are videos)
+    # What a task keeps between summarize_prediction and draw_prediction that is not JSON (masks).
+    arrays: dict[str, Any] = field(default_factory=dict)
 
     def seconds(self) -> int | None:
         """Whole seconds the windows cover, or None for a clip shorter than one window (tiled
-        into it, its segments are not seconds)."""
+        into it) or read whole: then its segments are not seconds."""
+        if self.whole_clip:
+            return None
         segments = self.windows[0].frames.shape[0]
         last = max(w.start for w in self.windows) + segments
         return last if len(self.windows) > 1 or self.duration >= segments - 1e-6 else None
@@ -154,6 +159,11 @@ class Task:
     # Other label kinds segment_labels/label_names offer besides the default (e.g. AVQA's
     # "answer" and "type"): ``extract --labels`` and ``visualize tsne --labels`` choose one.
     label_kinds: tuple[str, ...] = ()
+    # How ``dgsct predict`` reads a user's clip: the frame rule its data was prepared with (a name
+    # in ``data.video.FRAME_RULES``), and whether a sample is the whole clip (AVQA) rather than
+    # windows of ``model.num_segments`` seconds.
+    frame_rule: str = "second_centres"
+    predict_whole_clip: bool = False
 
     # -- model -----------------------------------------------------------------------------------
     def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:
@@ -265,6 +275,16 @@ class Task:
     def predict_inputs(self, ctx: PredictContext, window: int) -> dict[str, torch.Tensor]:
         """Model inputs of window ``window`` besides frames and audio (e.g. 3-D features, a question)."""
         return {}
+
+    def split_window_outputs(
+        self, outputs: dict[str, torch.Tensor], count: int
+    ) -> list[dict[str, torch.Tensor]]:
+        """One dict per window from a batch of ``count`` windows' outputs: by default the outputs
+        whose first dimension is the batch (a task with per-frame rows regroups them)."""
+        return [
+            {k: v[j].float().cpu() for k, v in outputs.items() if v.dim() and v.shape[0] == count}
+            for j in range(count)
+        ]
 
     def summarize_prediction(
         self, ctx: PredictContext, outputs: list[dict[str, torch.Tensor]]

@@ -19,7 +19,7 @@ from ..data.datasets import make_loader
 from ..runtime import autocast_for, progress_bar, to_device
 from ..tasks.avs_metrics import mask_iou
 
-__all__ = ["draw_mask_predictions", "overlay"]
+__all__ = ["draw_clip_masks", "draw_mask_predictions", "overlay"]
 
 PRED_COLOUR = np.array([255, 40, 40], dtype=np.float32)
 TRUE_COLOUR = np.array([40, 220, 80], dtype=np.float32)
@@ -173,3 +173,50 @@ def draw_mask_predictions(
     )
     index = atomic_write_bytes(out / "index.html", page.encode("utf-8"))
     return {"images": [str(out / e["file"]) for e in entries], "index": str(index), "videos": len(entries)}
+
+
+def _overlays(frames: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Each frame with its predicted mask (``prob > 0.5``, resized to the frame) overlaid."""
+    if prob.shape[-2:] != frames.shape[1:3]:
+        prob = torch.nn.functional.interpolate(
+            torch.from_numpy(np.ascontiguousarray(prob))[:, None].float(),
+            size=frames.shape[1:3],
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0].numpy()
+    return np.stack([overlay(f, p > 0.5, PRED_COLOUR) for f, p in zip(frames, prob, strict=True)])
+
+
+def draw_clip_masks(
+    path: Path,
+    title: str,
+    frames: np.ndarray,
+    prob: np.ndarray,
+    spans: list[tuple[float, float]],
+    max_tiles: int = 10,
+    video_fps: int = 4,
+) -> tuple[Path, Path]:
+    """A clip's predicted masks (``dgsct predict``): ``path`` (PNG) shows up to ``max_tiles``
+    segments spread over the clip (frame above, mask overlay below); ``path`` with ``.mp4`` shows
+    every segment's overlay for its span. ``frames`` uint8 ``[S, H, W, 3]``, ``prob`` ``[S, h, w]``
+    mask probabilities, ``spans`` (start, end) seconds per segment. Both written atomically."""
+    from ..data.video import write_mp4
+
+    shown = _overlays(frames, prob)
+    count = len(frames)
+    chosen = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(max_tiles, count))})
+    h, w = frames.shape[1:3]
+    figure = Image.new("RGB", (len(chosen) * w, LABEL_HEIGHT + 2 * (h + LABEL_HEIGHT)), (255, 255, 255))
+    ImageDraw.Draw(figure).text((3, 3), title, fill=(0, 0, 0))
+    for col, i in enumerate(chosen):
+        start, end = spans[i]
+        area = float((prob[i] > 0.5).mean())
+        figure.paste(_tile(frames[i], f"{start:g}-{end:g} s"), (col * w, LABEL_HEIGHT))
+        figure.paste(_tile(shown[i], f"sounding {100 * area:.0f}%"), (col * w, 2 * LABEL_HEIGHT + h))
+    png = _save_png(figure, Path(path))
+    # Even sides for yuv420p; each segment shown for its span.
+    video = shown[:, : h - h % 2, : w - w % 2]
+    repeats = [max(1, int(round((end - start) * video_fps))) for start, end in spans]
+    mp4 = Path(path).with_suffix(".mp4")
+    write_mp4(mp4, np.repeat(video, repeats, axis=0), video_fps)
+    return png, mp4

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..atomic import atomic_output
 
-__all__ = ["class_colours", "draw_tracks", "frame_strip"]
+__all__ = ["class_colours", "draw_answers", "draw_tracks", "frame_strip"]
 
 _BACKGROUND = (0.85, 0.85, 0.85)
 
@@ -83,6 +83,42 @@ def draw_tracks(
         ax.set_xlabel("seconds", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def draw_answers(
+    path: Path, title: str, frames: np.ndarray, question: str, answers: Sequence[tuple[str, float]]
+) -> None:
+    """A question answered on a clip: the frames the model read on top, the question, and the top
+    answers with their probabilities as bars. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(frames)
+    fig, (top, bars) = plt.subplots(
+        2, 1, figsize=(max(8, 0.9 * count + 2), 2.2 + 0.35 * len(answers) + 1.2), height_ratios=[2.2, 1.4]
+    )
+    top.set_xlim(0, count)
+    top.set_ylim(0, 1)
+    top.axis("off")
+    top.set_title(f"{title}\nQ: {question}", fontsize=10)
+    for i, frame in enumerate(frames):
+        top.imshow(frame, extent=(i + 0.02, i + 0.98, 0.1, 1.0), aspect="auto")
+    names = [a for a, _ in answers][::-1]
+    values = [p for _, p in answers][::-1]
+    colours = ["tab:blue"] * (len(values) - 1) + ["tab:orange"]
+    bars.barh(range(len(values)), values, color=colours)
+    bars.set_yticks(range(len(values)), names, fontsize=8)
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("probability", fontsize=8)
+    bars.tick_params(labelsize=7)
+    for y, v in enumerate(values):
+        bars.text(min(v + 0.01, 0.9), y, f"{v:.3f}", va="center", fontsize=7)
     fig.tight_layout()
     with atomic_output(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
