@@ -26,8 +26,6 @@ import json
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from rich.console import Console
 
 from .. import __version__
 from .datasets import SegmentDataset
-from .decode import cached_video_ok, decode_videos_to_cache, make_progress
+from .decode import cached_video_ok, decode_videos_to_cache, read_in_threads
 from .lines import LineProblems
 from .manifest import (
     MANIFEST_NAME,
@@ -509,19 +507,14 @@ def _copy_extracted(
     ]
     done = set(reused)
     todo = [v for v in video_ids if v not in done]
-    decoded: list[str] = []
-    failed: dict[str, str] = {}
-    bar = make_progress(console) if todo and progress else None
-    if bar is not None:
-        job = bar.add_task("copying MUSIC-AVQA frames and audio", total=len(todo))
-    with bar if bar is not None else nullcontext(), ThreadPoolExecutor(max_workers=workers) as pool:
-        for vid, reason in zip(todo, pool.map(lambda v: _extracted_video(root, v, out, image_size), todo)):
-            if reason is None:
-                decoded.append(vid)
-            else:
-                failed[vid] = reason
-            if bar is not None:
-                bar.advance(job)
+    decoded, failed = read_in_threads(
+        todo,
+        lambda v: _extracted_video(root, v, out, image_size),
+        workers,
+        "copying MUSIC-AVQA frames and audio",
+        progress,
+        console,
+    )
     return decoded, reused, failed
 
 

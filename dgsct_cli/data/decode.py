@@ -13,7 +13,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -213,6 +213,32 @@ def make_progress(console: Console | None = None) -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+def read_in_threads(
+    video_ids: Sequence[str],
+    read_one: Callable[[str], str | None],
+    workers: int,
+    description: str,
+    progress: bool,
+    console: Console | None,
+) -> tuple[list[str], dict[str, str]]:
+    """(decoded, failed) of ``read_one`` over ``video_ids`` in a thread pool (for readers that spend
+    their time in C: JPEG/PNG decoding, file copies), with one progress bar. ``read_one`` returns
+    None when a video was written, else the reason it was not."""
+    decoded: list[str] = []
+    failed: dict[str, str] = {}
+    bar = make_progress(console) if video_ids and progress else None
+    with bar if bar is not None else nullcontext(), ThreadPoolExecutor(max_workers=workers) as pool:
+        job = bar.add_task(description, total=len(video_ids)) if bar is not None else None
+        for vid, reason in zip(video_ids, pool.map(read_one, video_ids)):
+            if reason is None:
+                decoded.append(vid)
+            else:
+                failed[vid] = reason
+            if bar is not None:
+                bar.advance(job)
+    return decoded, failed
 
 
 def _run_pool(

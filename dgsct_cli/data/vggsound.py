@@ -22,8 +22,6 @@ import ast
 import csv
 import io
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +30,7 @@ import numpy as np
 from rich.console import Console
 
 from .. import __version__
-from .decode import cached_video_ok, decode_videos_to_cache, frames_kind, make_progress
+from .decode import cached_video_ok, decode_videos_to_cache, frames_kind, read_in_threads
 from .lines import LineProblems
 from .manifest import (
     MANIFEST_NAME,
@@ -199,36 +197,28 @@ def _store_frames_and_waves(
     for vid in videos:
         ok = cached_video_ok(out, vid, VGG_NUM_SEGMENTS, image_size, VGG_SAMPLE_RATE, (), extra_sizes)
         (reused if ok else todo).append(vid)
-    decoded: list[str] = []
-    failed: dict[str, str] = {}
 
-    def one(vid: str) -> tuple[str, str | None]:
+    def one(vid: str) -> str | None:
         try:
             sets, wave = _load_frames_and_wave(
                 str(root), vid, (image_size, *extra_sizes), VGG_NUM_SEGMENTS, VGG_SAMPLE_RATE
             )
         except DecodeError as exc:
-            return vid, exc.reason
+            return exc.reason
         for size, frames in zip(extra_sizes, sets[1:]):
             atomic_save_npy(array_path(out, frames_kind(size), vid), frames)
         atomic_save_npy(array_path(out, "frames", vid), sets[0])
         atomic_save_npy(array_path(out, "audio", vid), wave)
-        return vid, None
+        return None
 
-    bar = make_progress(console) if todo and progress else None
-    with bar if bar is not None else nullcontext(), ThreadPoolExecutor(max_workers=workers) as pool:
-        job = (
-            bar.add_task(f"reading VGG-Sound frames and waves ({len(reused)} reused)", total=len(todo))
-            if bar
-            else None
-        )
-        for vid, reason in pool.map(one, todo):
-            if reason is None:
-                decoded.append(vid)
-            else:
-                failed[vid] = reason
-            if bar is not None:
-                bar.advance(job)
+    decoded, failed = read_in_threads(
+        todo,
+        one,
+        workers,
+        f"reading VGG-Sound frames and waves ({len(reused)} reused)",
+        progress,
+        console,
+    )
     return decoded, reused, failed
 
 

@@ -341,6 +341,17 @@ def text_class_count(n: int):
     return matches
 
 
+def fewshot_release_layout(num_text_classes: int) -> ReleaseLayout:
+    """The release's few-shot file layout; the three scripts' files differ only in their class count."""
+    return ReleaseLayout(
+        marker="prompt_learner.ctx",
+        unused_keys=FEWSHOT_UNUSED_RELEASE_KEYS,
+        map_state=map_fewshot_state,
+        matches=text_class_count(num_text_classes),
+        configure=configure_fewshot,
+    )
+
+
 # -- the tasks -----------------------------------------------------------------------------------
 
 
@@ -517,13 +528,7 @@ class FewShotAVETask(FewShotTask):
     targets = ("segment_labels",)
     recipe = "fewshot-ave"
     published = {16: 72.4}
-    release = ReleaseLayout(
-        marker="prompt_learner.ctx",
-        unused_keys=FEWSHOT_UNUSED_RELEASE_KEYS,
-        map_state=map_fewshot_state,
-        matches=text_class_count(29),
-        configure=configure_fewshot,
-    )
+    release = fewshot_release_layout(29)
 
     def default_class_names(self):
         return _ave_names()
@@ -540,13 +545,7 @@ class FewShotAVEClsTask(FewShotTask):
     targets = ("segment_labels",)
     recipe = "fewshot-ave-cls"
     published = {16: 84.2}
-    release = ReleaseLayout(
-        marker="prompt_learner.ctx",
-        unused_keys=FEWSHOT_UNUSED_RELEASE_KEYS,
-        map_state=map_fewshot_state,
-        matches=text_class_count(28),
-        configure=configure_fewshot,
-    )
+    release = fewshot_release_layout(28)
 
     def default_class_names(self):
         return _ave_names()
@@ -564,13 +563,7 @@ class FewShotLLPClsTask(FewShotTask):
     single_label_shots = True
     recipe = "fewshot-llp-cls"
     published = {16: 32.6}
-    release = ReleaseLayout(
-        marker="prompt_learner.ctx",
-        unused_keys=FEWSHOT_UNUSED_RELEASE_KEYS,
-        map_state=map_fewshot_state,
-        matches=text_class_count(25),
-        configure=configure_fewshot,
-    )
+    release = fewshot_release_layout(25)
 
     def default_class_names(self):
         return _llp_names()
