@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "release"
 DATA = REPO / "tests" / "fixtures" / "data"  # real annotation files (no media)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one intra-op thread each, or they oversubscribe and spin.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -257,6 +257,16 @@ def test_full_ave_model_from_the_release_layout_matches_the_release():
     audio, frames = detfill.inputs(batch=1)
     with torch.no_grad():
         out = model(frames=frames, audio=audio)
+    expected = {
+        "event_logits": (1, 28),
+        "segment_logits": (1, 10),
+        "av_gate": (1, 10),
+        "av_score": (1, 28),
+        "visual_features": (1, 10, 1536),
+        "audio_features": (1, 10, 768),
+    }
+    assert {key: tuple(out[key].shape) for key in expected} == expected
+    assert all(torch.isfinite(out[key]).all() for key in expected)
     want = ref["outputs"]
     features = ref["features"]
     torch.testing.assert_close(out["visual_features"], features["pooled_visual"], rtol=1e-3, atol=1e-4)

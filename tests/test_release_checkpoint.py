@@ -17,8 +17,7 @@ def release_ave_state():
     return release_state_dict_from_shapes(AVE_SHAPES)
 
 
-@pytest.mark.slow
-def test_release_ave_state_dict_loads_strictly_and_runs(release_ave_state, tmp_path):
+def test_release_ave_state_dict_loads_strictly(release_ave_state):
     from dgsct_cli.convert import COMMON_UNUSED_RELEASE_KEYS, map_release_state_dict
     from dgsct_cli.models.heads.ave import AVE_UNUSED_RELEASE_KEYS
 
@@ -46,19 +45,8 @@ def test_release_ave_state_dict_loads_strictly_and_runs(release_ave_state, tmp_p
     assert any(k.startswith("adapter_token_downsampler.") for k in dropped)
     assert any(k.startswith("CMBS.AVInter.") for k in dropped)
 
-    with torch.no_grad():
-        out = model(frames=torch.randn(1, 10, 3, 192, 192), audio=torch.randn(1, 10, 320000) * 0.1)
-    expected = {
-        "event_logits": (1, 28),
-        "segment_logits": (1, 10),
-        "av_gate": (1, 10),
-        "av_score": (1, 28),
-        "visual_features": (1, 10, 1536),
-        "audio_features": (1, 10, 768),
-    }
-    for key, shape in expected.items():
-        assert tuple(out[key].shape) == shape, key
-        assert torch.isfinite(out[key]).all(), key
+    # The full-size forward of a model loaded this way is checked against the release's own outputs
+    # in tests/test_release_ave_avvp.py::test_full_ave_model_from_the_release_layout_matches_the_release.
 
 
 def test_release_task_is_detected_by_keys(release_ave_state):
