@@ -227,6 +227,10 @@ def test_predict_avs_writes_masks_as_png_and_mp4(clips, tmp_path):
         stem = Path(summary["clip"]).stem
         _check_png(out / f"{stem}.png")
         assert json.loads((out / f"{stem}.json").read_text()) == summary
+    asked = CliRunner().invoke(
+        app, ["predict", str(clips["short"]), "--checkpoint", str(ckpt), "--question", "Why?"]
+    )
+    assert asked.exit_code == 1 and "--question: avs-s4 models do not read it" in asked.stderr
     # The video shows every second's mask for a second (4 frames per second).
     assert len(decord.VideoReader(str(out / "long.mp4"))) == 25 * 4
 
@@ -261,3 +265,9 @@ def test_predict_avqa_answers_the_question(clips, tmp_path):
         app, ["predict", str(clips["short"]), "--checkpoint", str(ckpt), "--question", "Is the chello loud?"]
     )
     assert unknown.exit_code == 1 and "'chello' (closest: cello)" in unknown.stderr
+    # An option the task does not read is refused, not ignored.
+    stride = CliRunner().invoke(
+        app,
+        ["predict", str(clips["short"]), "--checkpoint", str(ckpt), "--question", question, "--stride", "2"],
+    )
+    assert stride.exit_code == 1 and "--stride: avqa models read the whole clip" in stride.stderr

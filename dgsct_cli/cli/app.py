@@ -461,6 +461,12 @@ def predict(
         _check_writable(out / "x.png")
     model, r, task, info, device = _load_for_clips(checkpoint, recipe)
     options = {"question": question, "r2plus1d_weights": r2plus1d_weights}
+    for name, value in options.items():
+        if value is not None and name not in task.predict_options:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag}: {task.name} models do not read it")
+    if stride is not None and task.predict_whole_clip:
+        raise ValueError(f"--stride: {task.name} models read the whole clip as one sample")
     results, used = [], set()
     with progress_bar(err_console, disable=not show_progress()) as bar:
         job = bar.add_task("predicting", total=len(videos), info="")

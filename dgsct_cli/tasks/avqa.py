@@ -424,6 +424,7 @@ class AVQATask(_AVQAData, Task):
     # -- predictions on a user's clip: the whole clip is one sample, read as prepare reads a video
     frame_rule = "linspace_1fps"
     predict_whole_clip = True
+    predict_options = ("question",)
 
     def default_data_info(self, num_classes):
         if num_classes not in (None, len(ANSWER_VOCAB)):

@@ -192,6 +192,7 @@ class AVVPTask(Task):
     selection_metric = "segment_type"
     select_ties = True  # the release keeps the later epoch on a tie (>=)
     use_mixup = True
+    predict_options = ("r2plus1d_weights",)
     release = ReleaseLayout(
         marker="fc_prob_a.weight", unused_keys={**MGN_UNUSED_RELEASE_KEYS, **_AVVP_ADAPTER_UNUSED}
     )

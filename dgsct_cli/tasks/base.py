@@ -164,6 +164,9 @@ class Task:
     # windows of ``model.num_segments`` seconds.
     frame_rule: str = "second_centres"
     predict_whole_clip: bool = False
+    # The ``dgsct predict`` options the task reads (``question``, ``r2plus1d_weights``); giving
+    # another is refused rather than silently ignored.
+    predict_options: tuple[str, ...] = ()
 
     # -- model -----------------------------------------------------------------------------------
     def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:
