@@ -88,6 +88,7 @@ class SegmentDataset(Dataset):
         self.sample_rate = sample_rate or cache.sample_rate
         self.segment_tiling = segment_tiling
         self.extra_arrays = cache.extra_arrays
+        self.frame_set_size: int | None = None  # read the cache's frames_<size> set instead (few-shot)
         # The visual tower's statistics (its encoder family says which; ImageNet's by default).
         self._mean = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
@@ -96,7 +97,8 @@ class SegmentDataset(Dataset):
         return len(self.samples)
 
     def _frames(self, video_id: str) -> torch.Tensor:
-        return frames_to_tensor(np.array(self.cache.frames(video_id)), self.image_size, self._mean, self._std)
+        frames = np.array(self.cache.frames(video_id, self.frame_set_size))
+        return frames_to_tensor(frames, self.image_size, self._mean, self._std)
 
     def _audio(self, video_id: str) -> torch.Tensor:
         wave = torch.from_numpy(np.array(self.cache.audio(video_id), dtype=np.float32))
@@ -117,9 +119,12 @@ class SegmentDataset(Dataset):
             item[kind] = torch.from_numpy(
                 np.array(self.cache.array(kind, sample["video_id"]), dtype=np.float32)
             )
-        for name, values in sample["targets"].items():
-            item[name] = _target_tensor(values)
+        item.update(self._targets(sample))
         return item
+
+    def _targets(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The sample's targets as tensors (all of them)."""
+        return {name: _target_tensor(values) for name, values in sample["targets"].items()}
 
 
 def make_loader(

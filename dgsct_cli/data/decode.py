@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .manifest import array_path, atomic_save_npy, remove_stale_temp_files
+from .manifest import array_path, atomic_save_npy, frames_kind, remove_stale_temp_files
 from .video import DecodeError, decode_clip_sizes
 
 __all__ = [
@@ -103,11 +103,6 @@ def cached_video_ok(
             for size in extra_sizes
         )
     )
-
-
-def frames_kind(size: int) -> str:
-    """The cache folder of the frames at another size (``frames_224``)."""
-    return f"frames_{size}"
 
 
 @dataclass(frozen=True)

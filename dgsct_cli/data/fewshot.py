@@ -12,11 +12,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from .datasets import SegmentDataset, _target_tensor
-from .decode import frames_kind
 from .manifest import PreparedCache
 
 __all__ = ["FewShotDataset", "kshot_indices", "sample_classes"]
@@ -86,10 +84,9 @@ class FewShotDataset(SegmentDataset):
             self.sample_ids = [s["id"] for s in self.samples]
         self.targets = tuple(targets)
         self.extra_arrays = []
-        self.frame_kind = None
         if image_size != cache.image_size:
             if image_size in cache.frame_sizes:
-                self.frame_kind = frames_kind(image_size)
+                self.frame_set_size = image_size
             else:
                 log.warning(
                     "%s: frames are %d px and the cache has no %d-px set: resizing the cached frames "
@@ -100,22 +97,15 @@ class FewShotDataset(SegmentDataset):
                     image_size,
                 )
 
-    def _frames(self, video_id: str) -> torch.Tensor:
-        if self.frame_kind is None:
-            return super()._frames(video_id)
-        raw = np.array(self.cache._load(self.frame_kind, video_id))
-        x = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)
-        return x.sub_(self._mean).div_(self._std)
-
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sample = self.samples[i]
-        item: dict[str, Any] = {
-            "frames": self._frames(sample["video_id"]),
-            "audio": self._audio(sample["video_id"]),
-            "index": i,
-        }
+        item = super().__getitem__(i)
         if self.background_index is not None:
             item["background_index"] = self.background_index  # the segment label meaning "no event"
+        return item
+
+    def _targets(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Only the named targets; a sample without one of them is an error."""
+        item = {}
         for name in self.targets:
             if name not in sample["targets"]:
                 raise ValueError(f"{self.cache.path}: sample {sample['id']!r} has no target {name!r}")

@@ -140,6 +140,11 @@ def valid_video_id(video_id: str) -> bool:
     )
 
 
+def frames_kind(size: int) -> str:
+    """The cache folder of the frames at another size (``frames_224``)."""
+    return f"frames_{size}"
+
+
 def array_path(cache_dir: str | Path, kind: str, video_id: str) -> Path:
     """``<cache_dir>/<kind>/<video_id>.npy`` for ``kind`` ``frames``, ``audio`` or an extra array."""
     if not _KIND_RE.fullmatch(kind) or kind == "index":
@@ -393,9 +398,14 @@ class PreparedCache:
             raise ValueError(f"{path}: missing from the cache; re-run 'dgsct prepare' to restore it")
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
-    def frames(self, video_id: str) -> np.ndarray:
-        """Memory-mapped uint8 ``[S, H, W, 3]``."""
-        return self._load("frames", video_id)
+    def frames(self, video_id: str, size: int | None = None) -> np.ndarray:
+        """Memory-mapped uint8 ``[S, H, W, 3]``; with ``size`` (one of ``frame_sizes``), the set
+        decoded at that size (``prepare --extra-size``)."""
+        if size is None or size == self.image_size:
+            return self._load("frames", video_id)
+        if size not in self.frame_sizes:
+            raise ValueError(f"{self.path}: no {size}-px frames in this cache (it has: {self.frame_sizes})")
+        return self._load(frames_kind(size), video_id)
 
     def audio(self, video_id: str) -> np.ndarray:
         """Memory-mapped float32 ``[S * sample_rate]``."""

@@ -30,13 +30,14 @@ import numpy as np
 from rich.console import Console
 
 from .. import __version__
-from .decode import cached_video_ok, decode_videos_to_cache, frames_kind, read_in_threads
+from .decode import cached_video_ok, decode_videos_to_cache, read_in_threads
 from .lines import LineProblems
 from .manifest import (
     MANIFEST_NAME,
     array_path,
     atomic_save_npy,
     build_manifest,
+    frames_kind,
     remove_stale_temp_files,
     validate_manifest,
     write_manifest,
