@@ -392,3 +392,32 @@ def synthetic_root(
         with status:
             write(root, num_videos=videos if videos is not None else 24)
     return root
+
+
+def prepare_synthetic_ave(
+    out: Path, videos: int, image_size: int, progress: bool, console=None, raw_image_size: int = 96
+) -> None:
+    """A synthetic AVE root written to ``<out>/raw`` (videos of ``raw_image_size`` pixels) and
+    prepared into the cache ``out`` at ``image_size``: a tiny recipe's data when it is missing."""
+    from .ave import prepare_ave
+
+    raw = write_synthetic_ave(Path(out) / "raw", num_videos=videos, image_size=raw_image_size)
+    prepare_ave(raw, out, workers=2, image_size=image_size, progress=progress, console=console)
+
+
+def prepare_synthetic_llp(
+    out: Path, videos: int, image_size: int, progress: bool, console=None, raw_image_size: int = 96
+) -> None:
+    """The same for LLP; the synthetic root carries its own 3-D features (no R(2+1)D weights)."""
+    from .avvp import prepare_avvp
+
+    raw = write_synthetic_llp(Path(out) / "raw", num_videos=videos, image_size=raw_image_size)
+    prepare_avvp(
+        raw,
+        out,
+        workers=2,
+        image_size=image_size,
+        features=raw / "feats" / "r2plus1d_18",
+        progress=progress,
+        console=console,
+    )

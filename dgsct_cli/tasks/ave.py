@@ -202,11 +202,9 @@ class AVETask(Task):
         return batch["segment_labels"]
 
     def write_synthetic(self, out, videos, image_size, progress, console):
-        from ..data.ave import prepare_ave
-        from ..data.synthetic import write_synthetic_ave
+        from ..data.synthetic import prepare_synthetic_ave
 
-        write_synthetic_ave(out / "raw", num_videos=videos)
-        prepare_ave(out / "raw", out, workers=2, image_size=image_size, progress=progress, console=console)
+        prepare_synthetic_ave(out, videos, image_size, progress, console)
 
     def prepare_command(self):
         return prepare_ave_command

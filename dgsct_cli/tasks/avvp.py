@@ -222,20 +222,9 @@ class AVVPTask(Task):
         return video_segment_labels(batch)
 
     def write_synthetic(self, out, videos, image_size, progress, console):
-        from ..data.avvp import prepare_avvp
-        from ..data.synthetic import write_synthetic_llp
+        from ..data.synthetic import prepare_synthetic_llp
 
-        raw = write_synthetic_llp(out / "raw", num_videos=videos)
-        # The synthetic root carries its own 3-D features (no r2plus1d_18 weights needed).
-        prepare_avvp(
-            raw,
-            out,
-            workers=2,
-            image_size=image_size,
-            features=raw / "feats" / "r2plus1d_18",
-            progress=progress,
-            console=console,
-        )
+        prepare_synthetic_llp(out, videos, image_size, progress, console)
 
     def prepare_command(self):
         return prepare_avvp_command

@@ -480,11 +480,9 @@ class FewShotTask(Task):
 
     # -- synthetic data ----------------------------------------------------------------------------
     def write_synthetic(self, out, videos, image_size, progress, console):
-        from ..data.ave import prepare_ave
-        from ..data.synthetic import write_synthetic_ave
+        from ..data.synthetic import prepare_synthetic_ave
 
-        write_synthetic_ave(out / "raw", num_videos=videos, image_size=max(image_size, 32))
-        prepare_ave(out / "raw", out, workers=2, image_size=image_size, progress=progress, console=console)
+        prepare_synthetic_ave(out, videos, image_size, progress, console, raw_image_size=max(image_size, 32))
 
 
 def _background(batch: dict[str, Any]) -> int | None:
@@ -569,19 +567,9 @@ class FewShotLLPClsTask(FewShotTask):
         return _llp_names()
 
     def write_synthetic(self, out, videos, image_size, progress, console):
-        from ..data.avvp import prepare_avvp
-        from ..data.synthetic import write_synthetic_llp
+        from ..data.synthetic import prepare_synthetic_llp
 
-        raw = write_synthetic_llp(out / "raw", num_videos=videos, image_size=max(image_size, 32))
-        prepare_avvp(
-            raw,
-            out,
-            workers=2,
-            image_size=image_size,
-            features=raw / "feats" / "r2plus1d_18",
-            progress=progress,
-            console=console,
-        )
+        prepare_synthetic_llp(out, videos, image_size, progress, console, raw_image_size=max(image_size, 32))
 
 
 FEWSHOT_AVE = register_task(FewShotAVETask())
