@@ -531,11 +531,12 @@ def attention(
                     model.cfg.audio.sample_rate,
                     frame_rule=task.frame_rule,
                     whole_clip=task.predict_whole_clip,
+                    max_windows=1,  # the picture shows the first window
                 )
             except DecodeError as exc:
                 err_console.print(f"[yellow]skipped {video}: {exc.reason}", highlight=False)
                 continue
-            frames, audio = window_batch(model, windows[:1], r.data)
+            frames, audio = window_batch(model, windows, r.data)
             span = "whole clip" if task.predict_whole_clip else f"0-{model.cfg.num_segments} s"
             samples.append((f"{video} ({span})", video, windows[0].frames, frames, audio))
     else:

@@ -295,6 +295,7 @@ def decode_windows(
     stride: int | None = None,
     frame_rule: str = "second_centres",
     whole_clip: bool = False,
+    max_windows: int | None = None,
 ) -> tuple[list[ClipWindow], float]:
     """A clip of any length as model windows, decoded once; returns (windows, duration in s).
 
@@ -303,7 +304,8 @@ def decode_windows(
     ``frame_rule``. A longer one is cut into windows of ``num_segments`` seconds every ``stride``
     seconds (default: back to back); the last window is aligned to the clip's end so every second
     is covered, and the rule picks each window's frames (and audio windows, if it has them) as it
-    would for a clip that starts at the window's first frame. Raises :class:`DecodeError`.
+    would for a clip that starts at the window's first frame. ``max_windows``: decode only the
+    first windows. Raises :class:`DecodeError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -328,6 +330,8 @@ def decode_windows(
         starts = list(range(0, seconds - num_segments + 1, step))
         if starts[-1] != seconds - num_segments:
             starts.append(seconds - num_segments)
+    one_window = len(starts) == 1
+    starts = starts[:max_windows]
     try:
         with _quiet_stderr():
             audio_reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
@@ -342,7 +346,7 @@ def decode_windows(
     windows = []
     try:
         for start in starts:
-            if len(starts) == 1:  # the whole clip, exactly as prepare reads it
+            if one_window:  # the whole clip, exactly as prepare reads it
                 first_frame, available, clip_wave = 0, num_frames, wave
             else:
                 first_frame = int(math.floor(start * fps + 0.5))
