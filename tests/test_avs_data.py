@@ -279,7 +279,7 @@ def test_synthetic_set_has_the_published_layout(tmp_path):
 def test_raw_videos_are_decoded_at_the_last_of_sixteen_frames(fake_root, tmp_path):
     """``--source videos``: frames and 32 kHz audio from the clips (decord), masks from gt_masks.
     Frame f of a 16 fps clip is painted grey level 3f, so the picked frames can be read back."""
-    from dgsct_cli.data.synthetic import _write_mp4
+    from dgsct_cli.data.video import write_mp4
 
     videos = tmp_path / "raw_videos"
     fps, seconds, rate = 16, 5, 32000
@@ -289,7 +289,7 @@ def test_raw_videos_are_decoded_at_the_last_of_sixteen_frames(fake_root, tmp_pat
         audio = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         path = videos / split / category / f"{name}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_mp4(path, frames, fps, audio, rate)
+        write_mp4(path, frames, fps, audio, rate)
     (videos / "test" / "male_speech" / "s4vidB.mp4").unlink()
     summary = prepare_avsbench(
         fake_root, tmp_path / "cache", "s4", source="videos", videos=videos, workers=1, progress=False

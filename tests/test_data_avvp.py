@@ -16,6 +16,7 @@ from rich.console import Console
 from dgsct_cli.data import avvp as avvp_module
 from dgsct_cli.data.avvp import AVVP_CLASSES, prepare_avvp, read_llp_annotations, read_llp_ground_truth
 from dgsct_cli.data.datasets import SegmentDataset
+from dgsct_cli.data.lines import LineProblems
 from dgsct_cli.data.manifest import TMP_PREFIX, PreparedCache, atomic_write_json, validate_manifest
 from dgsct_cli.data.r2plus1d import (
     KINETICS_MEAN,
@@ -119,6 +120,20 @@ def test_missing_files_and_bad_headers_are_named(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"AVVP_eval_visual\.csv:2: onset/offset must be seconds"):
         read_llp_ground_truth(tmp_path, ["val_abcdefg_0_10"])
+
+
+def test_a_malformed_last_eval_line_is_reported_and_skipped(tmp_path: Path) -> None:
+    header = "filename\tonset\toffset\tevent_labels\n"
+    (tmp_path / "AVVP_eval_audio.csv").write_text(
+        header + "val_abcdefg_0_10\t0\t4\tDog\nval_abcdefg_0_10\t4\n"
+    )
+    (tmp_path / "AVVP_eval_visual.csv").write_text(header + "val_abcdefg_0_10\t2\t3\tDog\n")
+    problems = LineProblems(strict=False)
+    gt_audio, gt_visual = read_llp_ground_truth(tmp_path, ["val_abcdefg_0_10"], problems=problems)
+    dog = AVVP_CLASSES.index("Dog")
+    assert gt_audio[0, :, dog].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert gt_visual[0, :, dog].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert len(problems.messages) == 1 and "AVVP_eval_audio.csv:3" in problems.messages[0]
 
 
 # --------------------------------------------------------------------------- R(2+1)D pieces

@@ -85,7 +85,8 @@ def test_a_mistyped_data_folder_is_an_error_and_creates_nothing(tmp_path):
 def _real_format_ave_root(root: Path, per_split: dict[str, int]) -> Path:
     """The real AVE annotation files with synthetic videos for a few of their lines."""
     from dgsct_cli.data.ave import read_ave_annotations
-    from dgsct_cli.data.synthetic import _render_audio, _render_frames, _write_mp4
+    from dgsct_cli.data.synthetic import _render_audio, _render_frames
+    from dgsct_cli.data.video import write_mp4
 
     root.mkdir(parents=True)
     for name in ("Annotations.txt", "trainSet.txt", "valSet.txt", "testSet.txt", "categories.txt"):
@@ -98,7 +99,7 @@ def _real_format_ave_root(root: Path, per_split: dict[str, int]) -> Path:
             k = classes.index(row.category)
             seg = [k if row.start <= t < row.end else -1 for t in range(10)]
             frames = _render_frames(seg, len(classes), 32, 2, rng)
-            _write_mp4(root / "AVE" / f"{row.video_id}.mp4", frames, 2, _render_audio(seg, 32000, rng), 32000)
+            write_mp4(root / "AVE" / f"{row.video_id}.mp4", frames, 2, _render_audio(seg, 32000, rng), 32000)
     return root
 
 

@@ -21,11 +21,12 @@ def ok(*args):
 
 
 def _clip(path: Path, seconds: int, seed: int) -> Path:
-    from dgsct_cli.data.synthetic import _render_audio, _render_frames, _write_mp4
+    from dgsct_cli.data.synthetic import _render_audio, _render_frames
+    from dgsct_cli.data.video import write_mp4
 
     rng = np.random.default_rng(seed)
     seg = [(t // 4) % 4 if t % 4 < 3 else -1 for t in range(seconds)]
-    _write_mp4(path, _render_frames(seg, 4, 64, 4, rng), 4, _render_audio(seg, 32000, rng), 32000)
+    write_mp4(path, _render_frames(seg, 4, 64, 4, rng), 4, _render_audio(seg, 32000, rng), 32000)
     return path
 
 

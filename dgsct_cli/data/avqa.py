@@ -35,7 +35,7 @@ import torch
 from rich.console import Console
 
 from .. import __version__
-from .datasets import SegmentDataset
+from .datasets import SegmentDataset, frames_to_tensor
 from .decode import cached_video_ok, decode_videos_to_cache, read_in_threads
 from .lines import LineProblems
 from .manifest import (
@@ -749,12 +749,7 @@ class AVQADataset(SegmentDataset):
 
     def _one_frame(self, video_id: str, slot: int) -> torch.Tensor:
         frame = np.array(self.cache.frames(video_id)[slot : slot + 1])
-        x = torch.from_numpy(frame).permute(0, 3, 1, 2).float().div_(255.0)
-        if self.image_size != self.cache.image_size:
-            x = torch.nn.functional.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False
-            )
-        return x.sub_(self._mean).div_(self._std)[0]
+        return frames_to_tensor(frame, self.image_size, self._mean, self._std)[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = super().__getitem__(i)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .avqa import AVQA_SPLIT_FILES
-from .synthetic import MARKER, _check_synthetic_args, _render_audio, _render_frames, _write_mp4
+from .synthetic import MARKER, _check_synthetic_args, _render_audio, _render_frames
+from .video import write_mp4
 
 __all__ = ["SYNTHETIC_INSTRUMENTS", "write_synthetic_avqa"]
 
@@ -84,7 +85,7 @@ def write_synthetic_avqa(
         heard = shown if rng.random() < 0.5 else int((shown + rng.integers(1, k)) % k)
         frames = _render_frames([shown] * seconds, k, image_size, fps, rng)
         audio = _render_audio([heard] * seconds, sample_rate, rng)
-        _write_mp4(video_dir / f"{video_id}.mp4", frames, fps, audio, sample_rate)
+        write_mp4(video_dir / f"{video_id}.mp4", frames, fps, audio, sample_rate)
 
         asked = heard if rng.random() < 0.5 else int((heard + rng.integers(1, k)) % k)
         questions = [

@@ -36,6 +36,7 @@ import io
 import pickle
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -454,7 +455,7 @@ def _prepare_from_frames(
         by_wave.setdefault(spec.wave_path(data, row), []).append(row)
     bar, job = _progress(progress, console, len(rows), f"reading AVSBench {spec.name.upper()}")
     written = 0
-    with bar if bar is not None else _Null():
+    with bar if bar is not None else nullcontext():
         for wave_file, group in by_wave.items():
             waves: dict[str, np.ndarray] | None = None
             wave_problem = None
@@ -534,14 +535,6 @@ def _prepare_from_videos(
     )
     failed.update(outcome.failed)
     return len(outcome.decoded), len(outcome.reused)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 # --------------------------------------------------------------------------- synthetic

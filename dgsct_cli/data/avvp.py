@@ -243,8 +243,9 @@ def _check_eval_file(path: Path, problems: LineProblems | None = None) -> set[in
         except ValueError as exc:
             problems.add(str(exc))
             bad.add(line_no)
-    # Lines _lines dropped (wrong field count, not UTF-8) are skipped too.
-    last = max(good | bad, default=1)
+    # Lines _lines dropped (wrong field count, not UTF-8) are skipped too, the file's last ones included.
+    with open(path, "rb") as fh:
+        last = sum(1 for _ in fh)
     return bad | (set(range(2, last + 1)) - good)
 
 

@@ -83,10 +83,6 @@ def _render_audio(seg_class: list[int], sample_rate: int, rng) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-# Kept under its old name: the synthetic writers and tests call it.
-_write_mp4 = write_mp4
-
-
 def _video_ids(count: int, rng) -> list[str]:
     ids: list[str] = []
     while len(ids) < count:
@@ -192,7 +188,7 @@ def write_synthetic_ave(
             lines.append((cls, split_of[i], f"{AVE_CATEGORIES[cls]}&{vid}&good&{s}&{e}"))
         frames = _render_frames(seg_class, num_classes, image_size, fps, rng)
         audio = _render_audio(seg_class, sample_rate, rng)
-        _write_mp4(root / "AVE" / f"{vid}.mp4", frames, fps, audio, sample_rate)
+        write_mp4(root / "AVE" / f"{vid}.mp4", frames, fps, audio, sample_rate)
 
     # Like the real file: grouped by category in class order, so first appearance == class index.
     lines.sort(key=lambda line: line[0])
@@ -353,7 +349,7 @@ def write_synthetic_llp(
         visual = [(k, s, e) for k, m, s, e in events if m != "audio"]
         frames = _render_llp_frames(visual, num_classes, image_size, fps, seconds, rng)
         audio = _render_llp_audio(audible, seconds, sample_rate, rng)
-        _write_mp4(video_dir / f"{name}.mp4", frames, fps, audio, sample_rate)
+        write_mp4(video_dir / f"{name}.mp4", frames, fps, audio, sample_rate)
 
         feats = np.abs(rng.normal(0.0, 0.3, (AVVP_NUM_SEGMENTS, VIDEO_ST_DIM)))
         for k, s, e in visual:
