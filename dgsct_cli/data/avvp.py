@@ -257,7 +257,7 @@ def read_llp_ground_truth(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense segment ground truth ``(gt_audio, gt_visual)``, float32 ``[N, T, 25]`` each.
 
-    Built by :func:`~dgsct_cli.tasks.avvp_metrics.read_avvp_ground_truth` (the evaluation's own
+    Built by :func:`read_avvp_ground_truth` (the evaluation's own
     reader) from ``AVVP_eval_audio.csv`` / ``AVVP_eval_visual.csv``, after checking that both exist
     and every line is well formed (a malformed line is reported to ``problems`` and skipped).
     """

@@ -158,7 +158,6 @@ class DualEncoder(nn.Module):
         self.vis_adapter_blocks_p1 = adapters("visual")
         self.audio_adapter_blocks_p2 = adapters("audio")
         self.vis_adapter_blocks_p2 = adapters("visual")
-        self.visual_stage_dims = [g.channels for g in v_geom]
         self.visual_dim, self.audio_dim = towers.pooled_dims or (v_geom[-1].channels, a_geom[-1].channels)
 
     def adapter_modules(self) -> list[nn.ModuleList]:

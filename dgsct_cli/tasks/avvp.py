@@ -11,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..data.avvp import AVVP_CLASSES
 from ..models.heads.mgn import (
     MGN_UNUSED_RELEASE_KEYS,
     MGNHead,
     avvp_loss,
 )
 from ..schema import Annotated, OneOf, Range
-from .avvp_metrics import AVVP_CLASSES, SCORE_KEYS, format_parsing_table, parsing_scores
+from .avvp_metrics import SCORE_KEYS, format_parsing_table, parsing_scores
 from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]

@@ -429,7 +429,6 @@ class FewShotTask(Task):
             segment_tiling=data_cfg.segment_tiling,
         )
         dataset.protocol = model_cfg.head.protocol
-        dataset.shots = data_cfg.shots if split == data_cfg.train_split else None
         return dataset
 
     # -- training --------------------------------------------------------------------------------

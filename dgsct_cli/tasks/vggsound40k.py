@@ -16,16 +16,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .base import ReleaseLayout, register_task
-from .fewshot import (
-    FEWSHOT_UNUSED_RELEASE_KEYS,
-    BackgroundHeadConfig,
-    FewShotLossConfig,
-    FewShotTask,
-    configure_fewshot,
-    map_fewshot_state,
-    text_class_count,
-)
+from .base import register_task
+from .fewshot import BackgroundHeadConfig, FewShotLossConfig, FewShotTask, fewshot_release_layout
 
 # (target dataset, metric) -> (task that reads and scores it, the release's zero-shot batch size)
 # (zero-shot/zero_shot.py:65-76: batch 16 for AVE, 32 for LLP).
@@ -100,13 +92,7 @@ class VGGSound40KTask(FewShotTask):
     metric = "video"
     targets = ("segment_labels",)
     recipe = "pretrain-vggsound40k"
-    release = ReleaseLayout(
-        marker="prompt_learner.ctx",
-        unused_keys=FEWSHOT_UNUSED_RELEASE_KEYS,
-        map_state=map_fewshot_state,
-        matches=text_class_count(142),
-        configure=configure_fewshot,
-    )
+    release = fewshot_release_layout(142)
     prepare_name = "vggsound40k"
     prepare_help = "Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training."
 

@@ -54,7 +54,7 @@ class BlockPair:
 
 class Tower(Protocol):
     """The walker's view of one encoder. Tokens travel in the tower's own layout between calls;
-    ``tokens``/``untokens`` convert to and from ``[N, L, C]`` for the adapters."""
+    ``tokens`` flattens them to ``[N, L, C]`` (the maps the heads and pictures read)."""
 
     geometry: list[StageGeometry]
 
@@ -69,8 +69,6 @@ class Tower(Protocol):
         ...
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor: ...
-
-    def untokens(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor: ...
 
 
 class StagedNHWCView:
@@ -88,10 +86,6 @@ class StagedNHWCView:
     @staticmethod
     def tokens(x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1, 2)
-
-    @staticmethod
-    def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.view(like.shape)
 
     @staticmethod
     def grid(values: torch.Tensor) -> torch.Tensor:
@@ -125,8 +119,6 @@ class TowerSet:
     text: dict[str, nn.Module] = field(default_factory=dict)
     # Widths of the pooled features when they are not the last stages' widths (projections).
     pooled_dims: tuple[int, int] | None = None
-    # What each pooled feature is, for messages and extraction (e.g. "map-pooled Swin-V2 tokens").
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,8 +162,3 @@ def get_family(name: str) -> EncoderFamily:
     if name not in FAMILIES:
         raise ValueError(f"unknown encoder family {name!r}; available: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]
-
-
-def available_families() -> list[str]:
-    get_family("swinv2-htsat")
-    return sorted(FAMILIES)

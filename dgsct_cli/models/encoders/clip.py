@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ...schema import Annotated, Range
@@ -21,8 +22,6 @@ from .base import StageGeometry
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys of OpenAI archives that are not tensors of the model.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -41,8 +40,10 @@ class CLIPConfig:
     embed_dim: Annotated[int, Range(1)] = 512
     # The release normalises CLIP's frames with ImageNet statistics, not CLIP's own
     # (few-shot dataloader.py:196-202); CLIP's are (0.4815, 0.4578, 0.4082) / (0.2686, 0.2613, 0.2758).
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: Annotated[list[float], Range(0, open_low=True)] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN))
+    std: Annotated[list[float], Range(0, open_low=True)] = field(
+        default_factory=lambda: list(IMAGENET_DEFAULT_STD)
+    )
     # The CLIP text tower's shape (the OpenAI file holds both towers).
     text_width: Annotated[int, Range(64)] = 512
     text_layers: Annotated[int, Range(1)] = 12
@@ -133,10 +134,6 @@ class CLIPVisionView:
     @staticmethod
     def tokens(x: torch.Tensor) -> torch.Tensor:
         return x
-
-    @staticmethod
-    def untokens(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t
 
     @staticmethod
     def grid(values: torch.Tensor) -> torch.Tensor:

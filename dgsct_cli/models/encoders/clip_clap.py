@@ -85,7 +85,6 @@ def build(
         extras={"audio_projection": projection},
         text={"clip": clip_text, "clap": clap_text},
         pooled_dims=(visual.embed_dim, audio.projection_dim),
-        info={"visual": "CLIP image embedding", "audio": "CLAP audio embedding"},
     )
 
 

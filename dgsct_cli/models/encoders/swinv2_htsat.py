@@ -102,10 +102,6 @@ def build(visual: SwinV2Config, audio: HTSATConfig, text: None, load_weights: bo
         audio=htsat,
         visual_view=SwinV2View(swin),
         audio_view=HTSATView(htsat),
-        info={
-            "visual": "Swin-V2 tokens pooled by the last adapter's map",
-            "audio": "HTS-AT tokens pooled likewise",
-        },
     )
 
 
