@@ -104,12 +104,9 @@ def parameter_groups(model: torch.nn.Module, cfg) -> list[dict[str, Any]]:
     return out
 
 
-def make_optimizer(model_or_params, cfg) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """The release's Adam over the parameter groups; the fused kernel where it exists."""
-    if isinstance(model_or_params, torch.nn.Module):
-        groups = parameter_groups(model_or_params, cfg)
-    else:
-        groups = [{"params": list(model_or_params), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    groups = parameter_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(
@@ -273,6 +270,8 @@ class Trainer:
             raise ValueError(f"{self.data_dir}: split '{r.data.train_split}' is empty")
         self.model = build_model(r, info).to(self.device)
         self.optimizer = make_optimizer(self.model, r.train)
+        # What gradient clipping looks at (frozen parameters never have gradients).
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         configure_runtime(self.model, self.device)
         self.scheduler = make_scheduler(self.optimizer, r.train)
         self.sampler = dist_utils.ResumableSampler(
@@ -534,9 +533,7 @@ class Trainer:
                 loss, out = self._forward_backward(batch, sync=last_of_step, accum=accum, step=last_of_step)
                 if last_of_step:
                     if r.train.clip_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for p in self.model.parameters() if p.grad is not None], r.train.clip_grad_norm
-                        )
+                        torch.nn.utils.clip_grad_norm_(self.trainable, r.train.clip_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     prog.global_step += 1

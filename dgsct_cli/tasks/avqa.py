@@ -23,7 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data.avqa import ANSWER_VOCAB, NEGATIVE_RULES, QUESTION_TYPES, QUESTION_VOCAB
-from ..models.heads.avqa import AVQA_UNUSED_RELEASE_KEYS, AVSTHead, GroundingHead, interleave_pairs
+from ..models.heads.avqa import (
+    AVQA_UNUSED_RELEASE_KEYS,
+    AVSTHead,
+    GroundingHead,
+    interleave_pairs,
+    match_labels,
+)
 from ..schema import Annotated, OneOf, Range
 from .base import DataInfo, ReleaseLayout, Task, register_task
 
@@ -130,8 +136,7 @@ def grounding_loss(
 ) -> torch.Tensor:
     """CE of stage 1's interleaved match logits against 1, 0, 1, 0, ... (main_grd_gen.py:42-48)."""
     logits = outputs["match_logits"]
-    labels = torch.tensor([1, 0], device=logits.device).repeat(logits.shape[0] // 2)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, match_labels(logits.shape[0], logits.device))
 
 
 # -- metrics --------------------------------------------------------------------------------------

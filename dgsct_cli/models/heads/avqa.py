@@ -31,6 +31,7 @@ __all__ = [
     "Grounded",
     "QuestionEncoder",
     "interleave_pairs",
+    "match_labels",
 ]
 
 # Modules AVQA_Fusion_Net builds but never runs (net_avst.py:276-277, 292; the forward at 416-626
@@ -41,13 +42,17 @@ AVQA_UNUSED_RELEASE_KEYS = {
 }
 
 
+def match_labels(count: int, device: torch.device) -> torch.Tensor:
+    """1, 0, 1, 0, ... (``count`` labels, class 1 = matched), made on ``device`` (no host copy)."""
+    return 1 - torch.arange(count, device=device) % 2
+
+
 def interleave_pairs(positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Match logits ``[N, 2]`` of the positive and negative pairs -> ``[2N, 2]`` in the order
     positive 0, negative 0, positive 1, ... with labels 1, 0, 1, 0, ... (class 1 = matched;
     AVQA/net_grd_avst/main_avst.py:67-81 ``batch_organize``). Gradients flow to both inputs."""
     logits = torch.stack([positive, negative], dim=1).flatten(0, 1)
-    labels = torch.tensor([1, 0], device=positive.device).repeat(positive.shape[0])
-    return logits, labels
+    return logits, match_labels(logits.shape[0], logits.device)
 
 
 class QuestionEncoder(nn.Module):
