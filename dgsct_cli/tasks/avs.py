@@ -367,6 +367,9 @@ class AVSTask(Task):
     prepare_name = "avs"
     prepare_help = "Prepare AVSBench S4 or MS3 (or a synthetic stand-in) for audio-visual segmentation."
 
+    def prepare_hint(self) -> str:
+        return f"avs --setting {self.setting}"
+
     def build_head(self, visual_dim, audio_dim, cfg, model_cfg):
         return AVSHead(visual_dim, audio_dim, cfg)
 
@@ -377,21 +380,6 @@ class AVSTask(Task):
 
     def data_info(self, cache):
         return DataInfo(cache.dataset, cache.class_names, None)
-
-    def open_dataset(self, cache, split, model_cfg, data_cfg):
-        from ..data.datasets import SegmentDataset
-        from ..models.encoders.base import get_family
-
-        mean, std = get_family(model_cfg.family).normalization(model_cfg.visual)
-        return SegmentDataset(
-            cache,
-            split,
-            image_size=model_cfg.input_size or model_cfg.visual.img_size,
-            segment_tiling=data_cfg.segment_tiling,
-            sample_rate=model_cfg.audio.sample_rate,
-            mean=mean,
-            std=std,
-        )
 
     def loss(self, outputs, batch, cfg):
         return avs_total_loss(outputs, batch, cfg)
@@ -423,16 +411,11 @@ class AVSTask(Task):
         return prepare_avs_command
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
-        t = model_cfg.num_segments
-        s = model_cfg.input_size or model_cfg.visual.img_size
-        m = model_cfg.head.mask_size
-        samples = model_cfg.audio.sample_rate * data_cfg.segment_tiling
-        return {
-            "frames": torch.randn(batch_size, t, 3, s, s, generator=generator),
-            "audio": torch.randn(batch_size, t, samples, generator=generator) * 0.1,
-            "masks": (torch.rand(batch_size, t, m, m, generator=generator) < 0.3).float(),
-            "mask_valid": torch.ones(batch_size, t, dtype=torch.long),
-        }
+        batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)
+        t, m = model_cfg.num_segments, model_cfg.head.mask_size
+        batch["masks"] = (torch.rand(batch_size, t, m, m, generator=generator) < 0.3).float()
+        batch["mask_valid"] = torch.ones(batch_size, t, dtype=torch.long)
+        return batch
 
     # -- predictions on a user's clip (``dgsct predict``) -------------------------------------------
     frame_rule = "last_of_sixteen"  # AVSBench's frames: the last of 16 samples per second

@@ -218,7 +218,7 @@ class Task:
         return SegmentDataset(
             cache,
             split,
-            image_size=model_cfg.visual.img_size,
+            image_size=model_cfg.input_size or model_cfg.visual.img_size,  # the model resizes
             segment_tiling=data_cfg.segment_tiling,
             sample_rate=model_cfg.audio.sample_rate,
             mean=mean,
@@ -238,6 +238,10 @@ class Task:
     def prepare_command(self) -> Callable[..., None] | None:
         return None
 
+    def prepare_hint(self) -> str:
+        """What follows ``dgsct prepare`` to make this task's data (for messages)."""
+        return self.prepare_name or self.name
+
     # -- training and evaluation -----------------------------------------------------------------
     def bench_batch(
         self, model_cfg: ModelConfig, data_cfg: Any, batch_size: int, generator
@@ -245,7 +249,7 @@ class Task:
         """A random batch with the shapes of the recipe and every key the model and loss read."""
         import torch
 
-        t, s = model_cfg.num_segments, model_cfg.visual.img_size
+        t, s = model_cfg.num_segments, model_cfg.input_size or model_cfg.visual.img_size
         samples = model_cfg.audio.sample_rate * data_cfg.segment_tiling
         return {
             "frames": torch.randn(batch_size, t, 3, s, s, generator=generator),
