@@ -132,12 +132,12 @@ def ensure_data(
     if not (synthetic or (recipe.data.synthetic_if_missing and default_location)):
         if not data_dir.exists():
             raise ValueError(
-                f"{data_dir}: data folder does not exist; run 'dgsct prepare {task.prepare_name or recipe.task} "
+                f"{data_dir}: data folder does not exist; run 'dgsct prepare {task.prepare_hint()} "
                 f"--out {data_dir}' first"
             )
         raise ValueError(
             f"{data_dir}: no prepared dataset here ({MANIFEST_NAME} missing); run "
-            f"'dgsct prepare {task.prepare_name or recipe.task} --out {data_dir}' first"
+            f"'dgsct prepare {task.prepare_hint()} --out {data_dir}' first"
         )
     if console is not None and show_progress:
         console.print(

@@ -210,3 +210,17 @@ def test_ms3_cli_prepare_train_eval_visualize(tmp_path):
     )
     assert result.exit_code == 1 and "unknown split 'nope'" in result.output
     _run("bench", "--recipe", "avs-ms3-tiny", "--steps", "1", "--warmup", "0", "--batch-size", "1")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "hint"),
+    [("avs-ms3-tiny", "avs --setting ms3"), ("avs-s4-tiny", "avs --setting s4"), ("fewshot-ave", "ave")],
+)
+def test_missing_data_names_the_prepare_command_that_makes_it(tmp_path, recipe, hint):
+    from dgsct_cli.cli.app import app
+
+    missing = tmp_path / "nothing"
+    result = CliRunner().invoke(
+        app, ["train", "--recipe", recipe, "--data", str(missing), "--output", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1 and f"run 'dgsct prepare {hint} --out {missing}' first" in result.stderr

@@ -360,6 +360,10 @@ class FewShotTask(Task):
 
     datasets: tuple[str, ...] = ()
     metric: str = "segment"  # what accuracy counts: "segment" or "video"
+
+    def prepare_hint(self) -> str:
+        # The few-shot tasks read the AVE / LLP caches ("ave", "avvp": their prepare commands).
+        return self.prepare_name or self.datasets[0]
     targets: tuple[str, ...] = ("segment_labels",)
     single_label_shots = False  # LLP: K-shot picks single-label videos only
 
