@@ -504,6 +504,7 @@ class AVSTask(Task):
             model,
             dataset,
             Path(out),
+            iou=mask_iou,
             limit=limit,
             device=device,
             precision=precision,

@@ -364,6 +364,7 @@ class FewShotTask(Task):
     def prepare_hint(self) -> str:
         # The few-shot tasks read the AVE / LLP caches ("ave", "avvp": their prepare commands).
         return self.prepare_name or self.datasets[0]
+
     targets: tuple[str, ...] = ("segment_labels",)
     single_label_shots = False  # LLP: K-shot picks single-label videos only
 

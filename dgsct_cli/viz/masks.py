@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from torch.utils.data import Subset
 from ..atomic import atomic_write_bytes
 from ..data.datasets import make_loader
 from ..runtime import autocast_for, progress_bar, to_device
-from ..tasks.avs_metrics import mask_iou
 
 __all__ = ["draw_clip_masks", "draw_mask_predictions", "overlay"]
 
@@ -93,6 +93,7 @@ def draw_mask_predictions(
     dataset: Any,
     out: Path,
     *,
+    iou: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     limit: int | None,
     device: torch.device,
     precision: str = "auto",
@@ -101,7 +102,8 @@ def draw_mask_predictions(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``model`` on the first ``limit`` videos of ``dataset`` (a split of a prepared AVS cache)
-    and write ``<out>/<index>_<video>.png`` per video plus ``<out>/index.html``."""
+    and write ``<out>/<index>_<video>.png`` per video plus ``<out>/index.html``; ``iou(logits,
+    masks)`` scores a frame and a video (the task's own metric)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: is a file; --out names a folder for the figures")
@@ -136,10 +138,10 @@ def draw_mask_predictions(
 
                         frames = resize_frames(frames, masks.shape[-1])
                     ious = [
-                        mask_iou(logits[j, i : i + 1], masks[j, i : i + 1]).item() if valid[j, i] else None
+                        iou(logits[j, i : i + 1], masks[j, i : i + 1]).item() if valid[j, i] else None
                         for i in range(t)
                     ]
-                    video_iou = mask_iou(logits[j], masks[j]).item() if bool(valid[j].all()) else None
+                    video_iou = iou(logits[j], masks[j]).item() if bool(valid[j].all()) else None
                     title = f"{sample['id']} ({dataset.split})" + (
                         "" if video_iou is None else f"  mIoU {video_iou:.3f}"
                     )
