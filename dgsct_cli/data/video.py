@@ -228,19 +228,24 @@ def decode_clip_sizes(
         raise DecodeError(f"corrupt: unexpected frame batch shape {tuple(frames.shape)}")
     frames = frames.astype(np.uint8, copy=False)
     frame_sets = [resize_frames(frames, size) for size in image_sizes]
+    return frame_sets, _segment_audio(_read_wave(path, sample_rate), windows, num_segments, sample_rate)
 
+
+def _read_wave(path: Path, sample_rate: int) -> np.ndarray:
+    """The clip's whole mono audio at ``sample_rate`` (float32); :class:`DecodeError` when it has
+    none or it is not finite."""
+    decord, errors = quiet_decord()
     try:
         audio_reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
-        wave = audio_reader[:].asnumpy()
+        wave = np.asarray(audio_reader[:].asnumpy(), dtype=np.float32).reshape(-1)
         del audio_reader
     except errors as exc:
         raise DecodeError("no audio") from exc
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
     if wave.size == 0:
         raise DecodeError("no audio")
     if not np.isfinite(wave).all():
         raise DecodeError("corrupt: non-finite audio samples")
-    return frame_sets, _segment_audio(wave, windows, num_segments, sample_rate)
+    return wave
 
 
 def _segment_audio(
@@ -332,17 +337,8 @@ def decode_windows(
             starts.append(seconds - num_segments)
     one_window = len(starts) == 1
     starts = starts[:max_windows]
-    try:
-        with _quiet_stderr():
-            audio_reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
-        wave = np.asarray(audio_reader[:].asnumpy(), dtype=np.float32).reshape(-1)
-        del audio_reader
-    except errors as exc:
-        raise DecodeError("no audio") from exc
-    if wave.size == 0:
-        raise DecodeError("no audio")
-    if not np.isfinite(wave).all():
-        raise DecodeError("corrupt: non-finite audio samples")
+    with _quiet_stderr():
+        wave = _read_wave(path, sample_rate)
     windows = []
     try:
         for start in starts:
