@@ -75,11 +75,17 @@ def build_model(
     return create_model(recipe.task, recipe.model, load_encoder_weights=load_encoder_weights, data=data)
 
 
+def require_data_folder(path: str | Path) -> None:
+    """Refuse a data folder that does not exist (checked before slow work such as reading a
+    checkpoint)."""
+    if not Path(path).exists():
+        raise ValueError(f"{path}: data folder does not exist (run 'dgsct prepare ...' first)")
+
+
 def open_cache(path: str | Path) -> PreparedCache:
     """The prepared cache at ``path``, with a message that says what to do when there is none."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: data folder does not exist (run 'dgsct prepare ...' first)")
+    require_data_folder(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a folder (a prepared dataset is a folder with {MANIFEST_NAME})")
     return PreparedCache(path)
@@ -113,6 +119,20 @@ def open_split(recipe: Recipe, path: str | Path, split: str, what: str = "the re
     info = task.data_info(cache)
     task.resolve_head(recipe.model.head, info, where=what)
     return task.open_dataset(cache, split, recipe.model, recipe.data)
+
+
+def open_checkpoint_split(checkpoint: str | Path, data: str | Path, split: str, recipe: Recipe | None = None):
+    """(model on its device, recipe, checkpoint kind, task, dataset of ``split``, device): a
+    checkpoint (run folder, our file or a release file, read with ``recipe``) and the data it is
+    evaluated on."""
+    from .checkpoint import load_any_checkpoint
+    from .runtime import resolve_device
+
+    require_data_folder(data)
+    model, r, kind = load_any_checkpoint(checkpoint, recipe)
+    dataset = open_split(r, data, split, what=f"the checkpoint {checkpoint}")
+    device = resolve_device(r.train.device)
+    return model.to(device), r, kind, get_task(r.task), dataset, device
 
 
 def ensure_data(

@@ -48,18 +48,14 @@ def with_protocol(recipe_name: str, overrides: list[str], protocol: str | None) 
 
 
 def _evaluate_best(run: Path, data: Path, split: str, console: Console, progress: bool) -> dict[str, Any]:
-    from .checkpoint import load_any_checkpoint, resolve_run_checkpoint
     from .evaluate import evaluate
-    from .factory import open_split
-    from .runtime import resolve_device
+    from .factory import open_checkpoint_split
 
-    model, recipe, _ = load_any_checkpoint(resolve_run_checkpoint(run))
-    device = resolve_device(recipe.train.device)
-    dataset = open_split(recipe, data, split, what=f"the checkpoint {run}")
+    model, recipe, _, task, dataset, device = open_checkpoint_split(run, data, split)
     return evaluate(
-        model.to(device),
+        model,
         dataset,
-        get_task(recipe.task),
+        task,
         device,
         recipe.train.eval_batch_size,
         recipe.data.num_workers,
@@ -266,12 +262,11 @@ def zero_shot_model(
     the 48 adapters left in train mode (their BatchNorm on each batch's statistics) and the
     release's batch size for the target."""
     from .checkpoint import load_any_checkpoint
-    from .factory import create_model, data_info
+    from .factory import create_model, data_info, require_data_folder
 
     if protocol not in ("default", "release"):
         raise ValueError(f"protocol must be default or release, got {protocol!r}")
-    if not Path(data).exists():
-        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
+    require_data_folder(data)
     source, recipe, kind = load_any_checkpoint(
         checkpoint, load_recipe(release_recipe) if release_recipe else None
     )

@@ -231,19 +231,10 @@ def _check_writable(path: Path | None) -> None:
 
 def _open_checkpoint(checkpoint: Path, data: Path, split: str, recipe: str | None):
     """(model on its device, recipe, checkpoint kind, task, dataset split, device)."""
-    from ..checkpoint import load_any_checkpoint
     from ..config import load_recipe
-    from ..factory import open_split
-    from ..runtime import resolve_device
-    from ..tasks.base import get_task
+    from ..factory import open_checkpoint_split
 
-    if not data.exists():  # reported before the (slow) checkpoint read
-        raise ValueError(f"{data}: data folder does not exist (run 'dgsct prepare ...' first)")
-    model, r, kind = load_any_checkpoint(checkpoint, load_recipe(recipe) if recipe else None)
-    what = f"the checkpoint {checkpoint}"
-    dataset = open_split(r, data, split, what=what)
-    device = resolve_device(r.train.device)
-    return model.to(device), r, kind, get_task(r.task), dataset, device
+    return open_checkpoint_split(checkpoint, data, split, load_recipe(recipe) if recipe else None)
 
 
 def _evaluate(
