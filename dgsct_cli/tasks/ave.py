@@ -16,6 +16,7 @@ from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
 from ..schema import Annotated, OneOf
 from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
+from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
 
 
 @dataclass
@@ -125,7 +126,7 @@ def ave_metrics_table(metrics: dict[str, Any]) -> Table:
 
 
 def prepare_ave_command(
-    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    out: CacheOut,
     root: Path | None = typer.Option(
         None,
         "--root",
@@ -133,20 +134,13 @@ def prepare_ave_command(
         "With --synthetic it defaults to <out>/raw.",
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes."),
-    image_size: int = typer.Option(192, "--image-size", min=8, help="Frame side length in the cache."),
+    image_size: ImageSize = 192,
     synthetic: bool = typer.Option(
         False, "--synthetic", help="Write a small synthetic AVE dataset to --root first, then prepare it."
     ),
-    videos: int | None = typer.Option(
-        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
-    ),
+    videos: SyntheticVideos = None,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
-    extra_size: list[int] = typer.Option(
-        None,
-        "--extra-size",
-        min=8,
-        help="Also store the frames at this size, from the same decode (repeatable; 224 for the few-shot tasks).",
-    ),
+    extra_size: ExtraSizes = None,
     *,
     progress: bool = True,
     console: Console | None = None,

@@ -32,6 +32,7 @@ from ..models.heads.avqa import (
 )
 from ..schema import Annotated, OneOf, Range
 from .base import DataInfo, ReleaseLayout, Task, register_task
+from .prepare_options import CacheOut, ImageSize, SyntheticVideos
 
 __all__ = [
     "AVQAEvaluator",
@@ -248,7 +249,7 @@ class GroundingEvaluator:
 
 
 def prepare_avqa_command(
-    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    out: CacheOut,
     root: Path | None = typer.Option(
         None,
         "--root",
@@ -262,15 +263,13 @@ def prepare_avqa_command(
         help="json (what the release reads) or json_update (the cleaned annotations).",
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes (threads for jpg frames)."),
-    image_size: int = typer.Option(192, "--image-size", min=8, help="Frame side length in the cache."),
+    image_size: ImageSize = 192,
     synthetic: bool = typer.Option(
         False,
         "--synthetic",
         help="Write a small learnable MUSIC-AVQA-format dataset to --root first, then prepare it.",
     ),
-    videos: int | None = typer.Option(
-        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
-    ),
+    videos: SyntheticVideos = None,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first record that cannot be read."),
     *,
     progress: bool = True,

@@ -30,6 +30,7 @@ from ..models.heads.avs import (
 from ..schema import Annotated, OneOf, Range
 from .avs_metrics import VIDEOS_PER_BATCH, f_measure, mask_iou
 from .base import DataInfo, ReleaseLayout, Task, register_task
+from .prepare_options import CacheOut, SyntheticVideos
 
 __all__ = [
     "AVSEvaluator",
@@ -301,7 +302,7 @@ def _map_avs_state(state: dict, model: Any, unused: dict[str, str]) -> tuple[dic
 
 
 def prepare_avs_command(
-    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    out: CacheOut,
     setting: str = typer.Option(..., "--setting", help="s4 (single source) or ms3 (multi-source)."),
     root: Path | None = typer.Option(
         None,
@@ -323,9 +324,7 @@ def prepare_avs_command(
         "--synthetic",
         help="Write a small synthetic AVSBench-format set to --root first, then prepare it.",
     ),
-    videos: int | None = typer.Option(
-        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
-    ),
+    videos: SyntheticVideos = None,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed CSV line."),
     *,
     progress: bool = True,

@@ -20,6 +20,7 @@ from ..models.heads.mgn import (
 from ..schema import Annotated, OneOf, Range
 from .avvp_metrics import SCORE_KEYS, format_parsing_table, parsing_scores
 from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
+from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
 
@@ -120,7 +121,7 @@ _AVVP_ADAPTER_UNUSED = {
 
 
 def prepare_avvp_command(
-    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    out: CacheOut,
     root: Path | None = typer.Option(
         None,
         "--root",
@@ -129,7 +130,7 @@ def prepare_avvp_command(
         "to <out>/raw.",
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes."),
-    image_size: int = typer.Option(192, "--image-size", min=8, help="Frame side length in the cache."),
+    image_size: ImageSize = 192,
     features: Path | None = typer.Option(
         None,
         "--features",
@@ -146,16 +147,9 @@ def prepare_avvp_command(
         help="Write a small synthetic LLP dataset to --root first, then prepare it (with its own "
         "feats/r2plus1d_18 unless --features or --r2plus1d-weights is given).",
     ),
-    videos: int | None = typer.Option(
-        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
-    ),
+    videos: SyntheticVideos = None,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
-    extra_size: list[int] = typer.Option(
-        None,
-        "--extra-size",
-        min=8,
-        help="Also store the frames at this size, from the same decode (repeatable; 224 for the few-shot tasks).",
-    ),
+    extra_size: ExtraSizes = None,
     *,
     progress: bool = True,
     console: Console | None = None,

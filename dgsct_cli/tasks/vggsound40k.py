@@ -18,6 +18,7 @@ from rich.console import Console
 
 from .base import register_task
 from .fewshot import BackgroundHeadConfig, FewShotLossConfig, FewShotTask, fewshot_release_layout
+from .prepare_options import CacheOut, ImageSize, SyntheticVideos
 
 # (target dataset, metric) -> (task that reads and scores it, the release's zero-shot batch size)
 # (zero-shot/zero_shot.py:65-76: batch 16 for AVE, 32 for LLP).
@@ -34,7 +35,7 @@ ZERO_SHOT_PUBLISHED = {("ave", "segment"): 64.7, ("ave", "video"): 76.6, ("llp",
 
 
 def prepare_vggsound40k_command(
-    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume."),
+    out: CacheOut,
     root: Path | None = typer.Option(
         None,
         "--root",
@@ -42,7 +43,7 @@ def prepare_vggsound40k_command(
         "frames/<id>/%08d.jpg + wave/<id>.npy (or video/<id>.mp4). With --synthetic it defaults to <out>/raw.",
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Parallel readers / decoding processes."),
-    image_size: int = typer.Option(224, "--image-size", min=8, help="Frame side length in the cache."),
+    image_size: ImageSize = 224,
     val_every: int = typer.Option(
         20, "--val-every", min=0, help="Hold out every N-th training row as 'val' (0: no val split)."
     ),
@@ -54,9 +55,7 @@ def prepare_vggsound40k_command(
         "--synthetic",
         help="Write a small synthetic VGG-Sound(40K) set to --root first, then prepare it.",
     ),
-    videos: int | None = typer.Option(
-        None, "--videos", min=3, help="Number of synthetic videos (only with --synthetic; default 24)."
-    ),
+    videos: SyntheticVideos = None,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed CSV row."),
     *,
     progress: bool = True,
