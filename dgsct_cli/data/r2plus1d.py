@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .video import DecodeError, _short_message, quiet_decord
+from .video import DecodeError, _short_message, quiet_decord, read_frames
 
 __all__ = [
     "KINETICS_MEAN",
@@ -149,7 +149,7 @@ def _decode_st_frames(
         clips = []
         for row in indices:
             unique, inverse = np.unique(row, return_inverse=True)
-            frames = reader.get_batch(unique.tolist()).asnumpy()[inverse]
+            frames = read_frames(reader, unique.tolist())[inverse]
             clips.append(r2plus1d_inputs(frames[None], size))
         del reader
     except errors as exc:

@@ -28,6 +28,7 @@ __all__ = [
     "decode_clip",
     "decode_clip_sizes",
     "decode_windows",
+    "read_frames",
     "frame_indices",
     "linspace_1fps",
     "resize_frames",
@@ -163,6 +164,27 @@ def _open_failure(path: Path, exc: BaseException) -> str:
     return _short_message(exc)
 
 
+def read_frames(reader, indices: list[int]) -> np.ndarray:
+    """Frames ``indices`` of a decord ``VideoReader`` as uint8 RGB ``[N, H, W, 3]``.
+
+    decord (0.6.0 and decord2 up to at least 3.4.0) returns padded rows for some frame widths:
+    where the RGB row padded to FFmpeg's alignment is a whole multiple of the width (widths 16,
+    24, 32, 48, 96, 144 in decord2; 16, 24, 48, 72 in decord 0.6.0), a frame comes back as
+    ``[H, W, C]`` with ``C`` = padded row / width (4, 6, ...) and ``get_batch`` fails on a size
+    check. The first ``3 W`` bytes of each row are the pixels (checked against PyAV's decode in
+    tests/test_decord.py), so such frames are read one by one and cropped.
+    """
+    first = reader[indices[0]] if indices else None
+    if first is None or first.shape[-1] == 3:
+        return reader.get_batch(list(indices)).asnumpy()
+    frames = []
+    for index in indices:
+        padded = reader[index].asnumpy()
+        height, width, channels = padded.shape
+        frames.append(padded.reshape(height, width * channels)[:, : width * 3].reshape(height, width, 3))
+    return np.stack(frames)
+
+
 def quiet_decord():
     """decord, with its read errors: ``(module, exception types)``.
 
@@ -220,7 +242,7 @@ def decode_clip_sizes(
         num_frames = len(reader)
         fps = float(reader.get_avg_fps())
         indices, windows = FRAME_RULES[frame_rule](num_frames, fps, num_segments)
-        frames = reader.get_batch(indices.tolist()).asnumpy()
+        frames = read_frames(reader, indices.tolist())
         del reader
     except errors as exc:
         raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
@@ -351,7 +373,7 @@ def decode_windows(
             indices, audio_starts = rule(available, fps, num_segments)
             indices = np.minimum(indices + first_frame, num_frames - 1)
             audio = _segment_audio(clip_wave, audio_starts, num_segments, sample_rate)
-            frames = reader.get_batch(indices.tolist()).asnumpy().astype(np.uint8, copy=False)
+            frames = read_frames(reader, indices.tolist()).astype(np.uint8, copy=False)
             windows.append(ClipWindow(start, resize_frames(frames, image_size), audio))
     except errors as exc:
         raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
