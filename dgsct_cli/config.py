@@ -106,7 +106,7 @@ class TrainConfig:
     weight_decay: Annotated[float, Range(0)] = 0.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: Annotated[int, Range(0)] = 43
-    device: Annotated[str, OneOf("auto", "cpu", "cuda")] = "auto"
+    device: Annotated[str, OneOf("auto", "cpu", "cuda", "mps")] = "auto"  # auto: cuda, then mps, then cpu
     precision: Annotated[str, OneOf("auto", "fp32", "bf16")] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
     eval_batch_size: Annotated[int, Range(1)] = 8

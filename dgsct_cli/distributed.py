@@ -30,7 +30,11 @@ def launched_by_torchrun() -> bool:
 def setup(device_type: str) -> torch.device:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); return our device."""
     if not launched_by_torchrun():
-        return torch.device("cuda" if device_type == "cuda" else "cpu")
+        return torch.device(device_type)
+    if device_type == "mps":
+        raise ValueError(
+            "torchrun: distributed training runs on CUDA or the CPU, not on mps (train.device=cpu)"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)

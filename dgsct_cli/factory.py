@@ -121,17 +121,23 @@ def open_split(recipe: Recipe, path: str | Path, split: str, what: str = "the re
     return task.open_dataset(cache, split, recipe.model, recipe.data)
 
 
-def open_checkpoint_split(checkpoint: str | Path, data: str | Path, split: str, recipe: Recipe | None = None):
+def open_checkpoint_split(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    recipe: Recipe | None = None,
+    device: str | None = None,
+):
     """(model on its device, recipe, checkpoint kind, task, dataset of ``split``, device): a
     checkpoint (run folder, our file or a release file, read with ``recipe``) and the data it is
-    evaluated on."""
+    evaluated on; ``device`` overrides the recipe's ``train.device``."""
     from .checkpoint import load_any_checkpoint
     from .runtime import resolve_device
 
     require_data_folder(data)
     model, r, kind = load_any_checkpoint(checkpoint, recipe)
     dataset = open_split(r, data, split, what=f"the checkpoint {checkpoint}")
-    device = resolve_device(r.train.device)
+    device = resolve_device(device or r.train.device)
     return model.to(device), r, kind, get_task(r.task), dataset, device
 
 

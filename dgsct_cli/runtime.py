@@ -4,8 +4,10 @@ bars, and the process-level settings that matter for big CPU models."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -13,17 +15,53 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+_MPS_FALLBACK_MESSAGE = r".*not currently supported on the MPS backend.*"
+
+
+def pick_device(requested: str, cuda_available: bool, mps_available: bool) -> str:
+    """The device type for ``requested`` (``auto``, ``cpu``, ``cuda``, ``mps``): ``auto`` takes
+    CUDA, then Apple's MPS, then the CPU. An explicit choice must be available."""
+    if requested not in DEVICE_CHOICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
+    if requested == "auto":
+        return "cuda" if cuda_available else "mps" if mps_available else "cpu"
+    if requested == "cuda" and not cuda_available:
+        raise ValueError("train.device: cuda was asked for but no CUDA device is available")
+    if requested == "mps" and not mps_available:
+        raise ValueError("train.device: mps was asked for but this machine has no usable MPS device")
+    return requested
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: cuda was asked for but no CUDA device is available")
-    return torch.device(name)
+    """The one place a device is chosen (see :func:`pick_device`)."""
+    kind = pick_device(name, torch.cuda.is_available(), mps_available())
+    if kind == "mps":
+        _prepare_mps()
+    return torch.device(kind)
+
+
+def _prepare_mps() -> None:
+    """Ops the MPS backend lacks run on the CPU (PYTORCH_ENABLE_MPS_FALLBACK, set by the CLI before
+    torch is imported); torch warns once per op, which we fold into one line."""
+    if getattr(_prepare_mps, "done", False):
+        return
+    _prepare_mps.done = True
+    if os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK") == "1":
+        logging.getLogger(__name__).warning(
+            "mps: operations the MPS backend lacks run on the CPU (slower); the model runs in fp32"
+        )
+        warnings.filterwarnings("ignore", message=_MPS_FALLBACK_MESSAGE)
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """``auto`` -> bf16 on GPU, fp32 elsewhere; an explicit choice is kept."""
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere (CPU and MPS); an explicit choice is kept."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return precision

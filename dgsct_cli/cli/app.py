@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +37,12 @@ DataOption = Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset
 SplitOption = Annotated[str, typer.Option("--split", "-s", help="Split of the prepared dataset.")]
 ReleaseRecipeOption = Annotated[
     str | None, typer.Option("--recipe", "-r", help="Model recipe for a release checkpoint.")
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps; default: the recipe's."
+    ),
 ]
 LabelsOption = Annotated[
     str | None,
@@ -79,6 +87,57 @@ def recipes_show(
     from ..config import load_recipe, recipe_to_yaml
 
     typer.echo(recipe_to_yaml(load_recipe(recipe, overrides or [])), nl=False)
+
+
+# -- env ---------------------------------------------------------------------------------------------
+
+
+@app.command("env")
+@command
+def env(
+    json_out: bool = typer.Option(False, "--json", help="Print the facts as JSON instead of tables."),
+) -> None:
+    """What a bug report needs: versions, CUDA/MPS devices, CPUs, which readers import."""
+    import json
+
+    from ..environment import collect_environment
+
+    report = collect_environment()
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    head = Table("", "", title="dgsct environment", show_header=False)
+    for key in ("dgsct", "python", "platform", "machine", "cpu_count", "cpus_usable", "memory_gib"):
+        head.add_row(key.replace("_", " "), str(report[key]))
+    acc = report["accelerators"]
+    if "error" in acc:
+        head.add_row("torch", f"[red]does not import: {acc['error']}")
+    else:
+        head.add_row("auto device", acc["auto_device"])
+        head.add_row(
+            "CUDA", f"available, CUDA {acc['cuda_version']}" if acc["cuda_available"] else "not available"
+        )
+        for dev in acc["cuda_devices"]:
+            head.add_row(
+                f"  cuda:{dev['index']}", f"{dev['name']}, {dev['memory_gib']} GiB, sm {dev['capability']}"
+            )
+        mps = "available" if acc["mps_available"] else "built, not available" if acc["mps_built"] else "no"
+        head.add_row("MPS", mps)
+        head.add_row("torch threads", str(acc["torch_threads"]))
+    console.print(head)
+    packages = Table("package", "version", "pinned", "imports", title="dependencies")
+    for name, p in report["packages"].items():
+        pin = report["pins"].get(name.lower(), "")
+        ok = "yes" if p["imports"] else f"[red]no: {p['error']}"
+        packages.add_row(name, p["version"] or "[red]not installed", pin, ok)
+    console.print(packages)
+    for name, p in report["packages"].items():
+        if "hint" in p:
+            console.print(f"[yellow]{name}: {p['hint']}")
+    readers = Table("reader", "module", "imports", title="file-format readers and optional extras")
+    for what, r in report["readers"].items():
+        readers.add_row(what, r["module"], "yes" if r["imports"] else "no")
+    console.print(readers)
 
 
 # -- info / convert --------------------------------------------------------------------------------
@@ -229,12 +288,12 @@ def _check_writable(path: Path | None) -> None:
     check_writable(path)
 
 
-def _open_checkpoint(checkpoint: Path, data: Path, split: str, recipe: str | None):
+def _open_checkpoint(checkpoint: Path, data: Path, split: str, recipe: str | None, device: str | None = None):
     """(model on its device, recipe, checkpoint kind, task, dataset split, device)."""
     from ..config import load_recipe
     from ..factory import open_checkpoint_split
 
-    return open_checkpoint_split(checkpoint, data, split, load_recipe(recipe) if recipe else None)
+    return open_checkpoint_split(checkpoint, data, split, load_recipe(recipe) if recipe else None, device)
 
 
 def _evaluate(
@@ -244,11 +303,12 @@ def _evaluate(
     json_out: Path | None,
     recipe: str | None,
     batch_size: int | None,
+    device_name: str | None = None,
 ) -> dict:
     from ..evaluate import evaluate
 
     _check_writable(json_out)
-    model, r, kind, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
+    model, r, kind, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe, device_name)
     metrics = evaluate(
         model,
         dataset,
@@ -288,9 +348,10 @@ def eval_(
     json_out: Path | None = typer.Option(None, "--json", help="Write the metrics here (JSON)."),
     recipe: ReleaseRecipeOption = None,
     batch_size: int | None = typer.Option(None, "--batch-size"),
+    device: DeviceOption = None,
 ) -> None:
     """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
-    _evaluate(checkpoint, data, split, json_out, recipe, batch_size)
+    _evaluate(checkpoint, data, split, json_out, recipe, batch_size, device)
 
 
 def _features(
@@ -300,10 +361,11 @@ def _features(
     use_adapters: bool,
     recipe: str | None = None,
     labels: str | None = None,
+    device_name: str | None = None,
 ) -> dict:
     from ..extract import extract_features
 
-    model, r, _, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
+    model, r, _, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe, device_name)
     feats = {}
     for flag in (True, False) if use_adapters is None else (use_adapters,):
         feats[flag] = extract_features(
@@ -334,12 +396,13 @@ def extract(
     ),
     recipe: ReleaseRecipeOption = None,
     labels: LabelsOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Per-segment pooled visual/audio features with labels and sample ids, to one .npz file."""
     from ..extract import save_features
 
     _check_writable(out if out.suffix == ".npz" else out.with_name(out.name + ".npz"))
-    feats = _features(checkpoint, data, split, adapters, recipe, labels)[adapters]
+    feats = _features(checkpoint, data, split, adapters, recipe, labels, device)[adapters]
     path = save_features(out, feats)
     console.print(
         f"wrote {path}: visual {tuple(feats['visual'].shape)}, audio {tuple(feats['audio'].shape)}, "
@@ -358,13 +421,14 @@ def tsne(
     seed: int = typer.Option(0, "--seed"),
     recipe: ReleaseRecipeOption = None,
     labels: LabelsOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """t-SNE of segment features, without vs with DG-SCT, with a silhouette score per panel."""
     from ..viz.tsne import FeaturePanel, plot_tsne_panels
 
     if modality not in ("visual", "audio", "both"):
         raise ValueError(f"--modality must be visual, audio or both, got {modality!r}")
-    feats = _features(checkpoint, data, split, None, recipe, labels)
+    feats = _features(checkpoint, data, split, None, recipe, labels, device)
     base, ours = feats[False], feats[True]
     _check_writable(out)
     labels = ours["segment_labels"].reshape(-1)
@@ -391,7 +455,7 @@ def tsne(
 # -- predict / attention on a user's clips ----------------------------------------------------------
 
 
-def _load_for_clips(checkpoint: Path, recipe: str | None):
+def _load_for_clips(checkpoint: Path, recipe: str | None, device_name: str | None = None):
     """(model on its device, recipe, task, data info, device) for predictions on clips."""
     from ..checkpoint import load_any_checkpoint, resolve_run_checkpoint
     from ..config import load_recipe
@@ -403,7 +467,7 @@ def _load_for_clips(checkpoint: Path, recipe: str | None):
     model, r, _ = load_any_checkpoint(path, load_recipe(recipe) if recipe else None)
     task = get_task(r.task)
     info = checkpoint_data_info(path, task, getattr(r.model.head, "num_classes", None))
-    device = resolve_device(r.train.device)
+    device = resolve_device(device_name or r.train.device)
     return model.to(device), r, task, info, device
 
 
@@ -439,6 +503,7 @@ def predict(
     ),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward pass."),
     recipe: ReleaseRecipeOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Run a checkpoint on your own clips: a table per clip, and a picture and JSON with --out."""
     import json
@@ -450,7 +515,7 @@ def predict(
     _check_writable(json_out)
     if out is not None:
         _check_writable(out / "x.png")
-    model, r, task, info, device = _load_for_clips(checkpoint, recipe)
+    model, r, task, info, device = _load_for_clips(checkpoint, recipe, device)
     options = {"question": question, "r2plus1d_weights": r2plus1d_weights}
     for name, value in options.items():
         if value is not None and name not in task.predict_options:
@@ -498,6 +563,7 @@ def attention(
     limit: int = typer.Option(8, "--limit", min=1, help="Samples of --data to draw."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one PNG per clip and index.html."),
     recipe: ReleaseRecipeOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """The adapters' audio-guided visual attention and visually guided audio attention, per segment."""
     import numpy as np
@@ -507,7 +573,7 @@ def attention(
     if bool(videos) == (data is not None):
         raise ValueError("give clips or --data (with --split), not both and not neither")
     _check_writable(out / "index.html")
-    model, r, task, info, device = _load_for_clips(checkpoint, recipe)
+    model, r, task, info, device = _load_for_clips(checkpoint, recipe, device)
     samples = []  # (caption, stem, frames uint8 [T,H,W,3], frames tensor, audio tensor)
     if videos:
         from ..data.video import DecodeError, decode_windows
@@ -581,9 +647,10 @@ def masks(
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     recipe: ReleaseRecipeOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Frames with the predicted and the true masks overlaid, one PNG per video, and an index page."""
-    model, r, _, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe)
+    model, r, _, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe, device)
     result = task.draw_predictions(
         model,
         dataset,
@@ -617,4 +684,8 @@ _register_subapps()
 
 
 def main() -> None:
+    if sys.platform == "darwin":
+        # Read when torch starts: ops Apple's MPS backend lacks then run on the CPU instead of
+        # failing (runtime.resolve_device says so once).
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     app(prog_name="dgsct")

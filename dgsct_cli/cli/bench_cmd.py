@@ -22,8 +22,12 @@ def bench(
         "--random-init/--load-weights",
         help="Random encoder weights (no weight files needed) or the recipe's weight files.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps."
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU and MPS), fp32 or bf16."
+    ),
     recompute: bool | None = typer.Option(
         None,
         "--recompute/--no-recompute",

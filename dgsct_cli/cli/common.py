@@ -10,6 +10,7 @@ import errno
 import functools
 import inspect
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -124,11 +125,33 @@ def _user_error(exc: BaseException) -> str | None:
             return "out of memory; try a smaller batch size or model.recompute=on"
     if isinstance(exc, KeyError):
         return exc.args[0] if exc.args else "missing key"
+    library = _library_load_failure(exc)
+    if library is not None:
+        return library
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | FileExistsError):
         return _os_error_message(exc)
     if isinstance(exc, ValueError | FileNotFoundError | FileExistsError):
         return str(exc)
     return None
+
+
+def _library_load_failure(exc: BaseException) -> str | None:
+    """A compiled library that does not load (torchaudio beside another torch build raises
+    ``OSError: Could not load this library: .../libtorchaudio.so``): which one, why, and the fix."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, OSError | ImportError) or not re.search(
+        r"Could not load this library|undefined symbol|cannot open shared object|image not found", text
+    ):
+        return None
+    found = re.search(r"([\w.+-]+\.(?:so|dylib|dll|pyd)[\w.]*)", text)
+    library = found.group(1) if found else "a compiled library"
+    cause = re.search(r"(undefined symbol: \S+|cannot open shared object file[^)]*|image not found)", text)
+    message = f"{library} could not be loaded ({cause.group(1) if cause else text[:200]})"
+    if "torchaudio" in text or "torch" in library:
+        from ..environment import torch_pair_hint
+
+        message += f": {torch_pair_hint()}; 'dgsct env' shows what is installed"
+    return message
 
 
 # -- options every command takes, before or after its name ------------------------------------

@@ -128,12 +128,16 @@ def fewshot_loss_terms(
     scores = outputs["event_logits"]  # [B, T, C]
     c = scores.shape[-1]
     target = event_targets(batch, c, cfg.event, background)
+    x = scores.reshape(-1, c) if cfg.event == "segment" else scores.mean(dim=1)
+    if cfg.float64_targets and x.device.type == "mps":
+        # MPS has no float64: these float64 terms (and their weighted total) run on the CPU.
+        x, target = x.cpu(), target.cpu()
+        outputs = {k: outputs[k].cpu() for k in ("logits_audio_image", "logits_image_audio")}
     if cfg.float64_targets:
         target = target.double()
-    x = scores.reshape(-1, c) if cfg.event == "segment" else scores.mean(dim=1)
     event = soft_cross_entropy(x, target)
     b = outputs["logits_audio_image"].shape[0]
-    same = torch.arange(b, device=scores.device)
+    same = torch.arange(b, device=x.device)
     return {
         "event": event,
         "audio_image": F.cross_entropy(outputs["logits_audio_image"], same),
