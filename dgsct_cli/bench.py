@@ -27,7 +27,14 @@ from .config import Recipe
 from .data.datasets import make_loader
 from .factory import create_model, ensure_data, open_split
 from .models.dgsct import DGSCTModel
-from .runtime import autocast_for, configure_runtime, resolve_device, resolve_precision, to_device
+from .runtime import (
+    apply_compile_regions,
+    autocast_for,
+    configure_runtime,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
 from .tasks.base import Task, get_task
 from .train import make_optimizer, mixup_distribution, training_loss
 
@@ -173,10 +180,15 @@ def run_bench(
     mode: str = "train",
     data: Path | None = None,
     console: Console | None = None,
+    profile_dir: Path | None = None,
+    compile_regions: str | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` training (forward, loss, backward, Adam step) or inference steps; see module doc.
 
     ``recompute`` None keeps the recipe's ``model.recompute``; True/False force it on/off.
+    ``profile_dir``: also profile one step there (:func:`dgsct_cli.profile.profile_step`).
+    ``compile_regions`` (``auto``/``on``/``off``; None: the recipe's ``train.compile_regions``)
+    compiles the encoder blocks and adapters as training does; warm-up steps absorb the compiling.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -202,6 +214,8 @@ def run_bench(
     model: DGSCTModel = create_model(recipe.task, cfg, load_encoder_weights=not random_init).to(dev)
     cfg = model.cfg  # the head's class count resolved
     model.train(train)
+    regions = compile_regions or recipe.train.compile_regions
+    compiled = apply_compile_regions(model, regions, dev)
     batch = to_device(random_batch(task, recipe, batch_size, cfg=cfg), dev)
     optimizer = make_optimizer(model, recipe.train) if train else None
     if train:  # the memory-lean settings concern training (recompute has no effect without gradients)
@@ -240,6 +254,11 @@ def run_bench(
             console.print(f"step {i + 1}/{steps}: {times[-1]:.3f} s")
     # Read before the counting passes below, which must not set the peak.
     memory, memory_kind = peak_memory(dev)
+    profiled = None
+    if profile_dir is not None:
+        from .profile import profile_step
+
+        profiled = profile_step(step, dev, profile_dir)
 
     # FLOPs: one separate, untimed step (forward + backward; Adam's element-wise update is not
     # matmul work). "flops_per_step" is what the timed step executes, recomputed forwards included.
@@ -269,6 +288,13 @@ def run_bench(
 
     median = statistics.median(times)
     rate = measure_matmul_rate(dev, torch.bfloat16 if precision == "bf16" else torch.float32)
+    other_rates = {}
+    if dev.type == "cuda":
+        # Both yardsticks of a GPU in the same run: bf16 tensor cores and tf32 (fp32 matmuls).
+        other_dtype = torch.float32 if precision == "bf16" else torch.bfloat16
+        other = measure_matmul_rate(dev, other_dtype)
+        other_rates = {f"matmul_flops_per_second_{other['matmul_dtype']}": other["matmul_flops_per_second"]}
+        other_rates[f"matmul_flops_per_second_{rate['matmul_dtype']}"] = rate["matmul_flops_per_second"]
     achieved = useful / median
     result: dict[str, Any] = {
         "recipe": recipe.name,
@@ -298,10 +324,20 @@ def run_bench(
         "achieved_flops_per_second": achieved,
         "executed_flops_per_second": flops / median,
         **rate,
+        **other_rates,
         "fraction_of_matmul_peak": achieved / rate["matmul_flops_per_second"],
+        "compile_regions": compiled > 0,
+        "compiled_modules": compiled,
         "peak_memory_bytes": memory,
         "peak_memory_kind": memory_kind,
     }
+    if profiled is not None:
+        result["profile"] = {
+            "dir": str(profile_dir),
+            "shares": profiled["shares"],
+            "matmul_and_attention_share": profiled["matmul_and_attention_share"],
+            "time_kind": profiled["time_kind"],
+        }
     if data is not None:
         result.update(measure_loader(recipe, Path(data), batch_size, dev, console=console))
         result["loader_keeps_up"] = result["loader_samples_per_second"] >= result["samples_per_second"]
@@ -342,7 +378,19 @@ def bench_table(result: dict[str, Any]) -> Table:
             f"{r['parameters']['trainable']:,} / {r['parameters']['total']:,}",
         ),
         ("threads", str(r["threads"])),
+        ("compiled regions", str(r.get("compiled_modules", 0))),
     ]
+    for key, value in r.items():
+        if key.startswith("matmul_flops_per_second_"):
+            rows.append((f"matmul rate {key.removeprefix('matmul_flops_per_second_')}", _si(value, "FLOP/s")))
+    if "profile" in r:
+        p = r["profile"]
+        rows.append(
+            (
+                f"profile: matmul + attention ({p['time_kind']})",
+                f"{100 * p['matmul_and_attention_share']:.1f}% (see {p['dir']}/top_kernels.txt)",
+            )
+        )
     if "loader_samples_per_second" in r:
         keeps = "keeps up" if r["loader_keeps_up"] else "[red]slower than the step[/]"
         rows.append(

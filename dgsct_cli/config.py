@@ -108,7 +108,10 @@ class TrainConfig:
     seed: Annotated[int, Range(0)] = 43
     device: Annotated[str, OneOf("auto", "cpu", "cuda", "mps")] = "auto"  # auto: cuda, then mps, then cpu
     precision: Annotated[str, OneOf("auto", "fp32", "bf16")] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the whole model (minutes of compiling)
+    # torch.compile each encoder block, each adapter and the paired half blocks separately
+    # ("regional": one compile per distinct block shape, seconds not minutes). auto: on for CUDA.
+    compile_regions: Annotated[str, OneOf("auto", "on", "off")] = "auto"
     eval_batch_size: Annotated[int, Range(1)] = 8
     max_steps_per_epoch: Annotated[int, Range(1)] | None = None
     mixup: bool | None = None  # log-mel mixup; None = the task's release default

@@ -74,6 +74,31 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def compile_regions_wanted(setting: str, device: torch.device, whole_model: bool = False) -> bool:
+    """``train.compile_regions``: ``auto`` compiles the blocks on CUDA (where launches and
+    elementwise passes dominate the step) and not elsewhere; never on top of a whole-model
+    compile (``train.compile: true``)."""
+    if whole_model or setting == "off":
+        return False
+    return setting == "on" or device.type == "cuda"
+
+
+def apply_compile_regions(
+    model: torch.nn.Module, setting: str, device: torch.device, whole_model: bool = False
+) -> int:
+    """Compile ``model``'s encoder blocks and adapters one by one when :func:`compile_regions_wanted`
+    says so; returns how many modules were compiled. With ``auto``, an op the compiler cannot
+    handle falls back to eager execution instead of stopping the run."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or not compile_regions_wanted(setting, device, whole_model):
+        return 0
+    if setting == "auto":
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+    return encoder.compile_regions()
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
     return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -38,7 +38,14 @@ from .data.datasets import make_loader
 from .evaluate import EvaluationInterrupted, evaluate
 from .factory import build_model, data_info, ensure_data, open_split
 from .runs import STATE_DIR, STATE_FILE, link_or_copy, lock_run_folder, remove_stale_files, write_run_record
-from .runtime import autocast_for, configure_runtime, progress_bar, resolve_device, to_device
+from .runtime import (
+    apply_compile_regions,
+    autocast_for,
+    configure_runtime,
+    progress_bar,
+    resolve_device,
+    to_device,
+)
 from .tasks.base import get_task
 
 __all__ = ["STATE_FILE", "Progression", "TrainingInterrupted", "Trainer", "make_optimizer", "training_loss"]
@@ -285,6 +292,7 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
+        apply_compile_regions(self.model, r.train.compile_regions, self.device, whole_model=r.train.compile)
         if r.train.compile:
             self.net = torch.compile(self.net)
         self.mixup = mixup_distribution(self.task, r.train)

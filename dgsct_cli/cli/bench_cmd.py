@@ -38,6 +38,16 @@ def bench(
         None, "--data", "-d", help="Prepared cache: also measure the DataLoader's samples/s."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results here (JSON)."),
+    profile: Path | None = typer.Option(
+        None,
+        "--profile",
+        help="Profile one step into this folder: trace.json (Chrome trace), top_kernels.txt, profile.json.",
+    ),
+    compile_regions: str | None = typer.Option(
+        None,
+        "--compile-regions",
+        help="auto (on for CUDA), on or off: torch.compile each encoder block and adapter (default: the recipe's).",
+    ),
     overrides: list[str] = typer.Argument(None, help="key.path=value recipe overrides."),
 ) -> None:
     """Time training or inference steps of a recipe's model at its real size on random inputs."""
@@ -45,6 +55,8 @@ def bench(
     from ..bench import run_bench
     from ..config import load_recipe
 
+    if compile_regions not in (None, "auto", "on", "off"):
+        raise ValueError(f"--compile-regions must be auto, on or off, got {compile_regions!r}")
     r = load_recipe(recipe, overrides or [])
     result = run_bench(
         r,
@@ -58,6 +70,8 @@ def bench(
         mode=mode,
         data=data,
         console=console,
+        profile_dir=profile,
+        compile_regions=compile_regions,
     )
     if json_out is not None:
         atomic_write_json(json_out, result)

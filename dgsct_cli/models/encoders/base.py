@@ -146,6 +146,9 @@ class EncoderFamily:
     text_config: type | None = None
     # Recompute "auto" switches on when the visual tower has at least this many blocks.
     recompute_auto_blocks: int = 24
+    # Regional compilation of what the paired step runs besides whole blocks and adapters (e.g.
+    # Swin-V2's half blocks): called with the walker and ``torch.compile``'s keyword arguments.
+    compile_paired_step: Callable[[DualEncoder, dict[str, Any]], None] | None = None
 
 
 FAMILIES: dict[str, EncoderFamily] = {}

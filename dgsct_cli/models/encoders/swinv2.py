@@ -13,6 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
+from torch import nn
 
 from ...schema import Annotated, Range
 from ..weights import load_into, load_state_dict_file
@@ -45,6 +46,7 @@ class SwinV2View(StagedNHWCView):
         ]
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        refresh_position_biases(self.model)  # eager, before any compiled block reads them
         return self.model.patch_embed(frames)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,9 +97,15 @@ def _fused_window_attention(
     scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
     q = F.normalize(q, dim=-1) * scale
     k = F.normalize(k, dim=-1)
-    table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-    rel = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
-    attn_bias = (16 * torch.sigmoid(rel)).to(q.dtype)  # [heads, n, n]
+    if self.cpb_mlp[0].weight.requires_grad:
+        # A trainable MLP: recomputed every call, so its gradient flows and an optimiser step
+        # (fused Adam does not bump version counters) is never missed.
+        attn_bias = compute_position_bias(self)
+    else:
+        if self.dgsct_position_bias is None:  # a block run on its own, before the tower's embed
+            refresh_position_biases(self)
+        attn_bias = self.dgsct_position_bias
+    attn_bias = attn_bias.to(q.dtype)  # [heads, n, n]
     if mask is not None:
         nw = mask.shape[0]
         attn_bias = attn_bias.unsqueeze(0) + mask.unsqueeze(1).to(q.dtype)  # [nW, heads, n, n]
@@ -107,11 +115,56 @@ def _fused_window_attention(
     return self.proj_drop(self.proj(out))
 
 
+def compute_position_bias(attn: WindowAttention) -> torch.Tensor:
+    """Swin-V2's continuous relative-position bias ``[heads, n, n]``: 16 sigmoid(MLP(table)),
+    gathered by relative position (timm's WindowAttention computes the same in every forward)."""
+    n = attn.relative_position_index.shape[0]
+    table = attn.cpb_mlp(attn.relative_coords_table).view(-1, attn.num_heads)
+    rel = table[attn.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+    return 16 * torch.sigmoid(rel)
+
+
+def _bias_key(attn: WindowAttention) -> tuple:
+    # In-place writes (load_state_dict, copy_) bump a tensor's version; a move to another device
+    # or a replaced parameter changes its storage: either makes the stored bias stale.
+    tensors = (*attn.cpb_mlp.parameters(), attn.relative_coords_table, attn.relative_position_index)
+    return tuple((t._version, t.data_ptr(), t.device) for t in tensors)
+
+
+@torch.no_grad()
+def refresh_position_biases(model: nn.Module) -> None:
+    """Recompute the stored position bias of every fused window attention whose weights changed.
+
+    The bias depends on the weights only, not on the input, and DG-SCT never trains the Swin-V2
+    tower: computing it once per weight load instead of in every block of every step saves an MLP
+    and a gather per block (timm recomputes them each forward). It is computed in fp32 (under
+    bf16 autocast timm's would be bf16). Called eagerly at the start of the tower's forward, so
+    compiled blocks only read a tensor.
+    """
+    for module in model.modules():
+        if (
+            isinstance(module, WindowAttention)
+            and hasattr(module, "dgsct_position_bias")
+            and not module.cpb_mlp[0].weight.requires_grad
+        ):
+            key = _bias_key(module)
+            if module.__dict__.get("_dgsct_bias_key") != key:
+                with torch.autocast(module.relative_coords_table.device.type, enabled=False):
+                    bias = compute_position_bias(module).float()
+                # A plain attribute, not a buffer: out of state dicts, and not broadcast by DDP
+                # every step (a move to another device is caught by the key instead).
+                module.dgsct_position_bias = bias
+                module.__dict__["_dgsct_bias_key"] = _bias_key(module)
+
+
 def use_fused_attention(model: SwinTransformerV2) -> None:
-    """Route every window attention of ``model`` through :func:`_fused_window_attention`."""
+    """Route every window attention of ``model`` through :func:`_fused_window_attention`, with its
+    position bias computed once per weight load (:func:`refresh_position_biases`)."""
     for module in model.modules():
         if isinstance(module, WindowAttention):
             module.forward = types.MethodType(_fused_window_attention, module)
+            module.dgsct_position_bias = None
+    refresh_position_biases(model)
 
 
 def load_swin_weights(model: SwinTransformerV2, path: str | Path | dict[str, torch.Tensor]) -> None:

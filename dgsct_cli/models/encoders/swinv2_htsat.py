@@ -55,22 +55,33 @@ def _mlp_half(block: SwinTransformerV2Block, x: torch.Tensor) -> torch.Tensor:
     return block.drop_path2(block.norm2(block.mlp(x)))
 
 
+def _halves(enc: DualEncoder) -> tuple:
+    """The half-block functions this walker runs (compiled ones after regional compilation)."""
+    return enc.__dict__.get("_swin_halves", (_attn_half, _mlp_half))
+
+
+def compile_halves(enc: DualEncoder, options: dict) -> None:
+    """Regional compilation of the paired visual blocks, which run as two halves."""
+    enc.__dict__["_swin_halves"] = (torch.compile(_attn_half, **options), torch.compile(_mlp_half, **options))
+
+
 def paired_step(
     enc: DualEncoder, i: int, v_block: nn.Module, a_block: nn.Module, v: torch.Tensor, a: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pair (release AVE/nets/net_trans.py forward): p1 adapters from the same (v, a), the
     visual attention half and the whole audio block, p2 adapters, the visual MLP half."""
+    attn_half, mlp_half = _halves(enc)
     n, h, w, cv = v.shape
     _, ha, wa, ca = a.shape
     vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
     ra, _ = enc.adapt("audio_p1", i, at, vt)
     rv, _ = enc.adapt("visual_p1", i, vt, at)
-    v = v + enc.run(partial(_attn_half, v_block), v) + rv.view(n, h, w, cv)
+    v = v + enc.run(partial(attn_half, v_block), v) + rv.view(n, h, w, cv)
     a = enc.run(a_block, a) + ra.view(n, ha, wa, ca)
     vt, at = v.reshape(n, h * w, cv), a.reshape(n, ha * wa, ca)
     ra, map_a = enc.adapt("audio_p2", i, at, vt)
     rv, map_v = enc.adapt("visual_p2", i, vt, at)
-    v = v + enc.run(partial(_mlp_half, v_block), v) + rv.view(n, h, w, cv)
+    v = v + enc.run(partial(mlp_half, v_block), v) + rv.view(n, h, w, cv)
     a = a + ra.view(n, ha, wa, ca)
     return v, a, map_v, map_a
 
@@ -118,5 +129,6 @@ SWINV2_HTSAT = register_family(
         pool_plain=pool_mean,
         normalization=lambda cfg: (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         recompute_auto_blocks=24,
+        compile_paired_step=compile_halves,
     )
 )
