@@ -461,6 +461,8 @@ class AVQATask(_AVQAData, Task):
             "question_words": ctx.arrays["question_words"],
             "answer": answers[0][0],
             "top_answers": answers,
+            # The segments the model read: each one's frame time and the audio it heard (seconds).
+            "segments": ctx.sources(ctx.windows[0].frames.shape[0]),
         }
 
     def prediction_table(self, summary):
@@ -473,14 +475,16 @@ class AVQATask(_AVQAData, Task):
         return table
 
     def draw_prediction(self, ctx, summary, path):
-        from ..viz.timeline import draw_answers
+        from ..viz.timeline import draw_answers, frame_strip
 
         draw_answers(
             path,
             f"{Path(summary['clip']).name}: AVQA",
-            ctx.windows[0].frames,
+            frame_strip(ctx.windows),
             summary["question"],
             [tuple(a) for a in summary["top_answers"]],
+            aspect=ctx.windows[0].aspect,
+            notes=ctx.notes(),
         )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):

@@ -269,6 +269,11 @@ class AVVPTask(Task):
             "task": self.name,
             "duration": round(ctx.duration, 3),
             "windows": [w.start for w in ctx.windows],
+            # What each second (segment, for a short clip) saw: its frame's time and the audio heard.
+            "segments": [
+                {"start": round(a, 3), "end": round(b, 3), **seen}
+                for (a, b), seen in zip(spans, ctx.sources(len(spans)), strict=True)
+            ],
             "video_probabilities": {
                 names[c]: round(float(p), 4)
                 for c, p in enumerate(torch.stack([o["video_prob"] for o in outputs]).mean(0))
@@ -291,7 +296,6 @@ class AVVPTask(Task):
 
         names = ctx.info.class_names
         colours = dict(zip(names, class_colours(len(names)), strict=True))
-        seconds = max(1, int(round(ctx.seconds() or ctx.duration)))
         tracks = [
             (m, [(e["onset"], e["offset"], e["class"]) for e in summary["events"] if e["modality"] == m])
             for m in ("audio", "visual", "audio-visual")
@@ -299,10 +303,12 @@ class AVVPTask(Task):
         draw_tracks(
             path,
             f"{Path(summary['clip']).name}: AVVP parsing",
-            frame_strip(ctx.windows, seconds),
-            seconds,
+            frame_strip(ctx.windows),
+            ctx.timeline_end(),
             tracks,
             colours,
+            aspect=ctx.windows[0].aspect,
+            notes=ctx.notes(),
         )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
