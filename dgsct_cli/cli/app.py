@@ -304,11 +304,14 @@ def _evaluate(
     recipe: str | None,
     batch_size: int | None,
     device_name: str | None = None,
+    predictions_out: Path | None = None,
 ) -> dict:
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, write_predictions
 
     _check_writable(json_out)
+    _check_writable(predictions_out)
     model, r, kind, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe, device_name)
+    rows: list[dict] | None = [] if predictions_out is not None else None
     metrics = evaluate(
         model,
         dataset,
@@ -320,6 +323,7 @@ def _evaluate(
         err_console,
         show_progress(),
         description=f"eval {split}",
+        predictions=rows,
     )
     result = {
         "task": r.task,
@@ -336,6 +340,9 @@ def _evaluate(
         from ..atomic import atomic_write_json
 
         atomic_write_json(json_out, result)
+    if predictions_out is not None:
+        write_predictions(predictions_out, rows)
+        console.print(f"wrote {len(rows)} per-sample predictions to {predictions_out}", highlight=False)
     return result
 
 
@@ -349,9 +356,14 @@ def eval_(
     recipe: ReleaseRecipeOption = None,
     batch_size: int | None = typer.Option(None, "--batch-size"),
     device: DeviceOption = None,
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Write one JSON line per sample: its predictions beside the ground truth (.jsonl).",
+    ),
 ) -> None:
     """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
-    _evaluate(checkpoint, data, split, json_out, recipe, batch_size, device)
+    _evaluate(checkpoint, data, split, json_out, recipe, batch_size, device, predictions)
 
 
 def _features(

@@ -15,7 +15,7 @@ from rich.table import Table
 from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
 from ..schema import Annotated, OneOf
-from .base import DataInfo, ReleaseLayout, Task, heard_text, label_runs, register_task
+from .base import DataInfo, ReleaseLayout, Task, heard_text, label_runs, register_task, sample_ids
 from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
 
 
@@ -194,6 +194,35 @@ class AVETask(Task):
 
     def segment_labels(self, batch):
         return batch["segment_labels"]
+
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per video: the clip's event class and its probability; per segment the prediction (the
+        class where sigmoid(segment logit) > 0.5, else background), p(event) and the true label."""
+        names = label_names(dataset.class_names, dataset.background_index)
+        pred = segment_predictions(outputs["segment_logits"], outputs["event_logits"]).cpu()
+        p_event = torch.sigmoid(outputs["segment_logits"].float()).cpu()
+        p_class = torch.softmax(outputs["event_logits"].float(), -1).cpu()
+        labels = batch["segment_labels"].cpu()
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            event = int(p_class[i].argmax())
+            rows.append(
+                {
+                    "id": sample,
+                    "event_class": names[event],
+                    "event_class_probability": round(float(p_class[i, event]), 4),
+                    "correct_segments": int((pred[i] == labels[i]).sum()),
+                    "segments": [
+                        {
+                            "predicted": names[int(pred[i, t])],
+                            "event_probability": round(float(p_event[i, t]), 4),
+                            "true": names[int(labels[i, t])],
+                        }
+                        for t in range(labels.shape[1])
+                    ],
+                }
+            )
+        return rows
 
     def write_synthetic(self, out, videos, image_size, progress, console):
         from ..data.synthetic import prepare_synthetic_ave

@@ -29,7 +29,7 @@ from ..models.heads.avs import (
 )
 from ..schema import Annotated, OneOf, Range
 from .avs_metrics import VIDEOS_PER_BATCH, f_measure, mask_iou
-from .base import DataInfo, ReleaseLayout, Task, heard_text, register_task
+from .base import DataInfo, ReleaseLayout, Task, heard_text, register_task, sample_ids
 from .prepare_options import CacheOut, SyntheticVideos
 
 __all__ = [
@@ -398,6 +398,40 @@ class AVSTask(Task):
 
     def label_names(self, dataset):
         return ["no sounding object", "sounding object"]
+
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per video: each frame's IoU (the release's ``mask_iou``; None where the split has no
+        true mask), the predicted and true sounding areas, and the video's mean IoU."""
+        masks = batch["masks"].float().cpu()
+        b, t = masks.shape[:2]
+        logits = outputs["mask_logits"].float().cpu()
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
+        logits = logits.view(b, t, *masks.shape[-2:])
+        valid = batch.get("mask_valid", torch.ones(b, t)).cpu().bool()
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            frames = []
+            for k in range(t):
+                has_truth = bool(valid[i, k])
+                frames.append(
+                    {
+                        "iou": round(float(mask_iou(logits[i, k : k + 1], masks[i, k : k + 1])), 4)
+                        if has_truth
+                        else None,
+                        "predicted_area": round(float((torch.sigmoid(logits[i, k]) > 0.5).float().mean()), 4),
+                        "true_area": round(float(masks[i, k].mean()), 4) if has_truth else None,
+                    }
+                )
+            scored = [f["iou"] for f in frames if f["iou"] is not None]
+            rows.append(
+                {
+                    "id": sample,
+                    "miou": round(sum(scored) / len(scored), 4) if scored else None,
+                    "frames": frames,
+                }
+            )
+        return rows
 
     def write_synthetic(self, out, videos, image_size, progress, console):
         # AVSBench frames and masks are 224 pixels whatever the model's size (it resizes).

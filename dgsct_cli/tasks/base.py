@@ -39,6 +39,7 @@ __all__ = [
     "label_runs",
     "prepare_commands",
     "register_task",
+    "sample_ids",
 ]
 
 
@@ -176,6 +177,11 @@ class PredictContext:
             total[w.start : w.start + values.shape[0]] += values
             count[w.start : w.start + values.shape[0]] += 1
         return total / count.clamp(min=1).view(-1, *([1] * len(shape)))
+
+
+def sample_ids(batch: dict[str, Any], dataset: Any) -> list[str]:
+    """The ids of a batch's samples (its ``index`` into the dataset)."""
+    return [str(dataset.sample_ids[int(i)]) for i in batch["index"].view(-1).tolist()]
 
 
 def heard_text(spans: list[list[float]]) -> str:
@@ -323,6 +329,13 @@ class Task:
 
     def metrics_table(self, metrics: dict[str, Any]) -> Table:
         raise NotImplementedError
+
+    def prediction_rows(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], dataset: Any
+    ) -> list[dict[str, Any]]:
+        """``dgsct eval --predictions``: one JSON-able row per sample of the batch, ``id`` first
+        (``dataset.sample_ids[batch["index"][i]]``), the prediction beside its ground truth."""
+        raise ValueError(f"task {self.name!r} writes no per-sample predictions (--predictions)")
 
     def segment_labels(self, batch: dict[str, Any], kind: str | None = None) -> torch.Tensor:
         """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours (``kind``: one
