@@ -184,3 +184,14 @@ def test_fewshot_pretrain_and_zeroshot_on_the_tiny_recipes(workdir, monkeypatch)
         score = json.loads(out.read_text())
         assert score["classes"] == 4 and 0 <= score["accuracy"] <= 100
         assert f"zero-shot ave {metric} accuracy" in result.output
+
+
+def test_on_and_off_overrides_are_the_words_not_booleans():
+    """YAML reads on/off as booleans: ``model.recompute=on`` (the README's remedy for the full-size
+    few-shot recipes' memory on a CPU) must still mean the word."""
+    from dgsct_cli.config import RecipeError, load_recipe
+
+    assert load_recipe("fewshot-ave", ["model.recompute=on"]).model.recompute == "on"
+    assert load_recipe("ave-tiny", ["model.recompute=off"]).model.recompute == "off"
+    with pytest.raises(RecipeError, match="expected true/false"):
+        load_recipe("ave-tiny", ["model.encoders_train_mode=maybe"])
