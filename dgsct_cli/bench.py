@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Recipe
 from .data.datasets import make_loader
-from .factory import create_model, ensure_data, open_split
+from .factory import create_model, ensure_data, ensure_files, open_split
 from .models.dgsct import DGSCTModel
 from .runtime import (
     apply_compile_regions,
@@ -206,6 +206,8 @@ def run_bench(
     task = get_task(recipe.task)
     loss_cfg = recipe.loss
     cfg = recipe.model if recompute is None else replace(recipe.model, recompute="on" if recompute else "off")
+    if not random_init:
+        ensure_files(recipe, console)
     torch.manual_seed(recipe.train.seed)
     if console is not None:
         console.print(

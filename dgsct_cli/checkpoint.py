@@ -152,11 +152,13 @@ def checkpoint_recipe(path: str | Path, overrides: list[str] | None = None) -> t
 
 def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tuple[DGSCTModel, Recipe, dict]:
     """Rebuild the model from the checkpoint's recipe and load its weights (strict, verified)."""
-    from .factory import build_model
+    from .factory import build_model, ensure_files
 
     path = Path(path)
     recipe, meta = checkpoint_recipe(path, overrides)
     full = meta.get("contents") == "full"
+    if not full:  # the frozen encoders come from the recipe's files
+        ensure_files(recipe)
     model = build_model(recipe, load_encoder_weights=not full)
     state = read_checkpoint_tensors(path)
     own = model.state_dict()

@@ -18,11 +18,25 @@ from rich.console import Console
 
 from .config import Recipe
 from .data.manifest import MANIFEST_NAME, PreparedCache
-from .models.dgsct import DGSCTModel, ModelConfig, build_dual_encoder, resolve_family_sections
+from .models.dgsct import (
+    DGSCTModel,
+    ModelConfig,
+    build_dual_encoder,
+    ensure_weight_files,
+    resolve_family_sections,
+)
 from .schema import build_dataclass
 from .tasks.base import DataInfo, Task, get_task
 
-__all__ = ["build_model", "create_model", "data_info", "ensure_data", "open_cache", "open_split"]
+__all__ = [
+    "build_model",
+    "create_model",
+    "data_info",
+    "ensure_data",
+    "ensure_files",
+    "open_cache",
+    "open_split",
+]
 
 
 @contextmanager
@@ -139,6 +153,18 @@ def open_checkpoint_split(
     dataset = open_split(r, data, split, what=f"the checkpoint {checkpoint}")
     device = resolve_device(device or r.train.device)
     return model.to(device), r, kind, get_task(r.task), dataset, device
+
+
+def ensure_files(recipe: Recipe, console: Console | None = None) -> None:
+    """Every weight file the recipe's model reads is there (checked before any data is written or
+    model built; one error names all that are missing); a demo recipe writes random ones first."""
+    written = ensure_weight_files(recipe.model, where=f"recipe {recipe.name or recipe.source}")
+    if written and console is not None:
+        console.print(
+            f"[cyan]wrote random weight files in the published layouts (a demo: they mean nothing): "
+            f"{', '.join(map(str, written))}",
+            highlight=False,
+        )
 
 
 def ensure_data(

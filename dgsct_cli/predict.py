@@ -117,4 +117,8 @@ def predict_clip(
         outputs.extend(task.split_window_outputs(out, len(chunk)))
         if on_window is not None:
             on_window()
-    return ClipResult(path, task.summarize_prediction(ctx, outputs), None, ctx)
+    summary = task.summarize_prediction(ctx, outputs)
+    # How the clip was read, for every task: whether it had audio, and what a reader must know.
+    summary["audio_track"] = not ctx.silent
+    summary["notes"] = ctx.notes()
+    return ClipResult(path, summary, None, ctx)

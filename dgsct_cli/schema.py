@@ -87,8 +87,16 @@ def _check(value: Any, rules: list[Any], key: str, where: str) -> None:
                 raise RecipeError(f"{where}: {key}: {v!r} is out of range (allowed: {rule.describe()})")
 
 
+# YAML 1.1 (PyYAML) reads on/off and yes/no as booleans: a word field that offers one of these
+# words takes it back (``model.recompute=on`` is the word "on", not true).
+_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
+
+
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     tp, rules = _split_annotated(tp)
+    if isinstance(value, bool) and tp is str:
+        words = [w for r in rules if isinstance(r, OneOf) for w in r.choices if w in _BOOL_WORDS[value]]
+        value = words[0] if len(words) == 1 else value
     out = _coerce_plain(value, tp, key, where)
     _check(out, rules, key, where)
     return out

@@ -36,7 +36,7 @@ from .checkpoint import read_checkpoint_tensors, save_checkpoint
 from .config import Recipe, recipe_to_yaml
 from .data.datasets import make_loader
 from .evaluate import EvaluationInterrupted, evaluate
-from .factory import build_model, data_info, ensure_data, open_split
+from .factory import build_model, data_info, ensure_data, ensure_files, open_split
 from .runs import STATE_DIR, STATE_FILE, link_or_copy, lock_run_folder, remove_stale_files, write_run_record
 from .runtime import (
     apply_compile_regions,
@@ -416,6 +416,8 @@ class Trainer:
             )
         lock = nullcontext()
         if self.is_main:
+            # Before any data is written or model built: every missing file named at once.
+            ensure_files(self.recipe, self.console)
             self.out.mkdir(parents=True, exist_ok=True)
             lock = lock_run_folder(self.out)
         with lock:

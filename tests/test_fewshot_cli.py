@@ -143,7 +143,9 @@ def test_fewshot_errors_are_one_line(setup, tmp_path):
         app, ["fewshot", "train", "--recipe", "fewshot-ave", "--data", setup["ave"], "--output", tmp_path / "r",
               *bad, f"model.text.tokenizer={tmp_path / 'none'}"],
     )  # fmt: skip
-    assert result.exit_code == 1 and "tokenizer folder not found" in " ".join(result.stderr.split())
+    message = " ".join(result.stderr.split())
+    assert result.exit_code == 1 and f"model.text.tokenizer: {tmp_path / 'none'} not found" in message
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
 
 
 def test_frames_at_another_size_come_from_the_same_decode(tmp_path):

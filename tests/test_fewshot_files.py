@@ -1,4 +1,6 @@
 """Tiny CLIP, CLAP and RoBERTa files in the real layouts, for the few-shot tests (no tests here).
+The CLAP layout is the package's (dgsct_cli/models/encoders/clip_clap_files.py, which the tiny
+recipes use to write theirs); these add the values and extra keys the tests check.
 
 - CLIP: an OpenAI-layout state dict (``ViT-B-32.pt`` as a plain file) and a TorchScript archive
   (the published format), from open_clip's model at tiny widths (multiples of 64);
@@ -20,6 +22,7 @@ import torch
 
 from dgsct_cli.models.encoders.clap import CLAPAudioConfig, ClipClapTextConfig, clap_towers
 from dgsct_cli.models.encoders.clip import CLIPConfig, build_clip
+from dgsct_cli.models.encoders.clip_clap_files import laion_clap_state
 
 TOKENIZER = Path(__file__).resolve().parent / "fixtures" / "release" / "fewshot" / "tiny_roberta"
 TINY_VOCAB = len(json.loads((TOKENIZER / "vocab.json").read_text()))
@@ -33,18 +36,9 @@ TINY_ROBERTA = dict(vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=1, 
 
 
 def laion_layout(audio: torch.nn.Module, projection, text, fusion: bool = True) -> dict[str, torch.Tensor]:
-    """CLAP modules' weights in the LAION file layout (HTS-AT merges at the end of a stage)."""
-    state = {}
-    for key, value in audio.state_dict().items():
-        parts = key.split(".")
-        if parts[0] == "layers" and parts[2] == "downsample":
-            parts[1] = str(int(parts[1]) - 1)
-        state["module.audio_branch." + ".".join(parts)] = value
-    state.update({f"module.audio_projection.{k}": v for k, v in projection.state_dict().items()})
-    for key, value in text.state_dict().items():
-        name = key.replace("roberta.", "text_branch.", 1) if key.startswith("roberta.") else key
-        state[f"module.{name}"] = value.reshape(()) if key.startswith("logit_scale") else value
-    state["module.text_branch.embeddings.position_ids"] = torch.arange(40)[None]
+    """CLAP modules' weights in the LAION file layout (the package's writer), with the extra
+    layers the published file has and the release drops by name."""
+    state = laion_clap_state(audio, projection, text)
     state["module.text_transform.sequential.0.weight"] = torch.zeros(32, 32)
     if fusion:  # the fusion checkpoint's extra layers, which the release drops by name
         state["module.audio_branch.patch_embed.mel_conv2d.weight"] = torch.zeros(16, 1, 4, 12)

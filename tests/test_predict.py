@@ -80,9 +80,26 @@ def test_predict_ave_writes_table_json_and_png_for_short_and_long_clips(clips, t
     # A 25-s clip: windows every 5 s up to the end, one entry per second.
     assert long["windows"] == [0, 5, 10, 15] and [s["start"] for s in long["segments"]] == list(range(25))
     for summary in (short, long):
-        assert set(summary) == {"clip", "task", "duration", "windows", "segments", "events"}
+        assert set(summary) == {
+            "clip",
+            "task",
+            "duration",
+            "windows",
+            "segments",
+            "events",
+            "audio_track",
+            "notes",
+        }
         for s in summary["segments"]:
-            assert set(s) == {"start", "end", "label", "event_probability", "top_classes"}
+            assert set(s) == {
+                "start",
+                "end",
+                "frame_time",
+                "audio",
+                "label",
+                "event_probability",
+                "top_classes",
+            }
             assert s["label"] in ("background", *[f"sound {i}" for i in range(4)])
             assert 0 <= s["event_probability"] <= 1 and len(s["top_classes"]) == 3
         for e in summary["events"]:
@@ -117,7 +134,9 @@ def test_predict_avvp_parses_events_with_r2plus1d_features(clips, tmp_path):
     assert "AVVP parsing" in result.stdout
     for name in ("short", "long"):
         summary = json.loads((out / f"{name}.json").read_text())
-        assert set(summary) == {"clip", "task", "duration", "windows", "video_probabilities", "events"}
+        assert set(summary) == {
+            "clip", "task", "duration", "windows", "segments", "video_probabilities", "events", "audio_track", "notes"
+        }  # fmt: skip
         assert len(summary["video_probabilities"]) == 25
         for e in summary["events"]:
             assert set(e) == {"modality", "class", "onset", "offset"}
@@ -219,9 +238,19 @@ def test_predict_avs_writes_masks_as_png_and_mp4(clips, tmp_path):
     assert short["windows"] == [0] and len(short["segments"]) == 5 and short["segments"][-1]["end"] == 3
     assert long["windows"] == [0, 5, 10, 15, 20] and [s["start"] for s in long["segments"]] == list(range(25))
     for summary in (short, long):
-        assert set(summary) == {"clip", "task", "duration", "windows", "mask_size", "segments"}
+        assert set(summary) == {
+            "clip",
+            "task",
+            "duration",
+            "windows",
+            "mask_size",
+            "segments",
+            "audio_track",
+            "notes",
+        }
         for s in summary["segments"]:
-            assert set(s) == {"start", "end", "sounding_area", "box"} and 0 <= s["sounding_area"] <= 1
+            assert set(s) == {"start", "end", "frame_time", "audio", "sounding_area", "box"}
+            assert 0 <= s["sounding_area"] <= 1
             assert s["box"] is None or (
                 0 <= s["box"][0] < s["box"][2] <= 1 and 0 <= s["box"][1] < s["box"][3] <= 1
             )
@@ -253,7 +282,11 @@ def test_predict_avqa_answers_the_question(clips, tmp_path):
     )
     assert question in result.stdout.replace("\n", "")
     summary = json.loads((out / "long.json").read_text())
-    assert set(summary) == {"clip", "task", "duration", "question", "question_words", "answer", "top_answers"}
+    assert set(summary) == {
+        "clip", "task", "duration", "question", "question_words", "answer", "top_answers", "segments", "audio_track",
+        "notes",
+    }  # fmt: skip
+    assert len(summary["segments"]) == 10 and summary["audio_track"] and summary["notes"] == []
     assert summary["question_words"] == ["Is", "the", "acoustic_guitar", "louder", "than", "the", "violin"]
     probs = [p for _, p in summary["top_answers"]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-3
@@ -272,3 +305,135 @@ def test_predict_avqa_answers_the_question(clips, tmp_path):
         ["predict", str(clips["short"]), "--checkpoint", str(ckpt), "--question", question, "--stride", "2"],
     )
     assert stride.exit_code == 1 and "--stride: avqa models read the whole clip" in stride.stderr
+
+
+# -- what each segment saw, clips without audio, pictures that tell the truth ---------------------------
+
+
+def _odd_clip(path: Path, frames: int, fps: int, width: int, audio_seconds: float | None) -> Path:
+    """A clip of ``frames`` frames at ``fps`` (``width`` x 32 pixels), with ``audio_seconds`` of a
+    tone or no audio track at all (None)."""
+    from dgsct_cli.data.video import write_mp4
+
+    rng = np.random.default_rng(3)
+    video = rng.integers(0, 255, (frames, 32, width, 3), dtype=np.uint8)
+    audio = None
+    if audio_seconds is not None:
+        t = np.arange(int(audio_seconds * 32000)) / 32000
+        audio = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    write_mp4(path, video, fps, audio, 32000)
+    return path
+
+
+def test_each_segment_says_which_frame_and_audio_it_got(tmp_path):
+    """A 2.5-s clip in a 10-s window: segment k's frame is the one spread over the clip (its own
+    time), its audio the clip's seconds k..k+1 read around the end (tiling); a long clip's second s
+    is frame ~s+0.5 and audio s..s+1."""
+    from dgsct_cli.data.video import decode_windows
+    from dgsct_cli.tasks.base import DataInfo, PredictContext
+    from dgsct_cli.viz.timeline import frame_strip
+
+    clip = _odd_clip(tmp_path / "short.mp4", 10, 4, 64, 2.5)
+    windows, duration = decode_windows(clip, 10, 32, 32000)
+    ctx = PredictContext(clip, windows, duration, DataInfo("ave", ["a"], 1))
+    assert duration == 2.5 and ctx.tiled and not ctx.silent and len(ctx.notes()) == 1
+    seen = ctx.sources(10)
+    # Frames spread evenly over the 10 frames: indices round(linspace(0, 9, 10)) at 4 fps.
+    assert [s["frame_time"] for s in seen] == [i / 4 for i in range(10)]
+    assert seen[0]["audio"] == [[0.0, 1.0]] and seen[1]["audio"] == [[1.0, 2.0]]
+    (a0, a1), (b0, b1) = seen[2]["audio"]  # 2.0 s to the end of the clip's audio, then from 0
+    assert a0 == 2.0 and b0 == 0.0 and (a1 - a0) + (b1 - b0) == pytest.approx(1.0, abs=1e-3)
+    assert a1 == pytest.approx(2.5, abs=0.05)  # the audio track's own length (AAC pads a little)
+    # The picture's strip: every frame with its own time (no "2 s" label on a frame from 0.5 s).
+    strip = frame_strip(windows)
+    assert [t for t, _ in strip] == [i / 4 for i in range(10)]
+    assert windows[0].aspect == 2.0  # 64 x 32 source frames
+    long_clip = _odd_clip(tmp_path / "long.mp4", 4 * 25, 4, 32, 25)
+    windows, duration = decode_windows(long_clip, 10, 32, 32000)
+    ctx = PredictContext(long_clip, windows, duration, DataInfo("ave", ["a"], 1))
+    seen = ctx.sources(25)
+    assert not ctx.tiled and ctx.notes() == []
+    assert [s["frame_time"] for s in seen] == [s + 0.5 for s in range(25)]  # frame 4s+2 at 4 fps
+    assert [s["audio"] for s in seen] == [[[float(s), float(s + 1)]] for s in range(25)]
+    (later,), _ = decode_windows(long_clip, 10, 32, 32000, start_at=12)
+    assert later.start == 12 and later.frame_times[0] == 12.5 and later.audio_spans[0] == [(12.0, 13.0)]
+    (last,), _ = decode_windows(long_clip, 10, 32, 32000, start_at=20)
+    assert last.start == 15  # moved back to end at the clip's end
+
+
+def test_a_clip_without_audio_is_heard_as_silence(clips, tmp_path):
+    """predict and visualize attention run a clip that has no audio track with silence, and say so
+    in the table, the JSON and the picture's caption."""
+    ckpt = _checkpoint("ave", tmp_path, 4)
+    mute = _odd_clip(tmp_path / "mute.mp4", 12, 4, 48, None)
+    out = tmp_path / "out"
+    result = ok("--quiet", "predict", mute, "--checkpoint", ckpt, "--out", out)
+    assert "skipped" not in result.stderr
+    assert "note: the clip has no audio track: the model heard silence" in result.stdout
+    assert "silence" in result.stdout  # the table's audio column
+    summary = json.loads((out / "mute.json").read_text())
+    assert summary["audio_track"] is False and any("silence" in n for n in summary["notes"])
+    assert all(s["audio"] == [] for s in summary["segments"])
+    _check_png(out / "mute.png")
+    ok("--quiet", "visualize", "attention", "--checkpoint", ckpt, mute, "--out", tmp_path / "att")
+    assert "no audio track" in (tmp_path / "att" / "index.html").read_text()
+
+
+def test_predict_picture_places_each_value_at_its_time(clips, tmp_path, monkeypatch):
+    """The p(event) curve of a short clip is drawn at its segments' places on the clip's own time
+    axis (not at 0.5 .. 9.5 on an axis cut at the clip's length); the frames keep their aspect."""
+    import dgsct_cli.viz.timeline as timeline
+
+    calls = {}
+    draw = timeline.draw_tracks
+
+    def spy(path, title, strip, end, tracks, colours, curves=(), aspect=1.0, notes=(), background_label=""):
+        calls.update(end=end, curves=curves, strip=strip, aspect=aspect, notes=notes, legend=background_label)
+        return draw(path, title, strip, end, tracks, colours, curves, aspect, notes, background_label)
+
+    monkeypatch.setattr(timeline, "draw_tracks", spy)
+    ckpt = _checkpoint("ave", tmp_path, 4)
+    short = _odd_clip(tmp_path / "wide.mp4", 10, 4, 64, 2.5)
+    ok("--quiet", "predict", short, "--checkpoint", ckpt, "--out", tmp_path / "out")
+    ((label, xs, values),) = calls["curves"]
+    assert calls["end"] == 2.5 and len(xs) == 10 and 0 < min(xs) and max(xs) < 2.5
+    assert xs == sorted(xs) and calls["aspect"] == 2.0 and calls["notes"] and "background" in calls["legend"]
+    assert [t for t, _ in calls["strip"]] == [i / 4 for i in range(10)]
+    _check_png(tmp_path / "out" / "wide.png")
+
+
+def test_an_avs_box_of_a_few_pixels_prints_as_none():
+    from dgsct_cli.tasks.avs import box_text
+
+    assert box_text(None, 0.0, [224, 224]) == "none"
+    tiny = [223 / 224, 223 / 224, 1.0, 1.0]  # one pixel in the corner: "1.00, 1.00, 1.00, 1.00" before
+    assert box_text(tiny, 1 / 224**2, [224, 224]) == "none (1 pixel of the mask)"
+    assert box_text([0.1, 0.2, 0.5, 0.75], 0.2, [224, 224]) == "0.10, 0.20, 0.50, 0.75"
+
+
+def test_visualize_attention_chooses_windows_and_says_which(clips, tmp_path):
+    ckpt = _checkpoint("ave", tmp_path, 4)
+    out = tmp_path / "att"
+    ok("--quiet", "visualize", "attention", "--checkpoint", ckpt, clips["long"], "--start", 12, "--out", out)
+    _check_png(out / "long-12s.png")
+    page = (out / "index.html").read_text()
+    assert (
+        "long.mp4: 12-22 s of 25 s" in page and str(clips["long"].parent) not in page
+    )  # the name, not the path
+    every = tmp_path / "every"
+    ok("--quiet", "visualize", "attention", "--checkpoint", ckpt, clips["long"], clips["short"], "--all-windows",
+       "--out", every)  # fmt: skip
+    assert sorted(p.name for p in every.glob("*.png")) == [
+        "long-0s.png",
+        "long-10s.png",
+        "long-15s.png",
+        "short.png",
+    ]
+    assert (
+        "short.mp4: the whole clip, 0-3 s; the clip (3.00 s) is shorter" in (every / "index.html").read_text()
+    )
+    both = CliRunner().invoke(
+        app, ["visualize", "attention", "-c", str(ckpt), str(clips["long"]), "--start", "3", "--all-windows",
+              "--out", str(out)],
+    )  # fmt: skip
+    assert both.exit_code == 1 and "not both" in both.stderr

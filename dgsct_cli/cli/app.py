@@ -304,11 +304,14 @@ def _evaluate(
     recipe: str | None,
     batch_size: int | None,
     device_name: str | None = None,
+    predictions_out: Path | None = None,
 ) -> dict:
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, write_predictions
 
     _check_writable(json_out)
+    _check_writable(predictions_out)
     model, r, kind, task, dataset, device = _open_checkpoint(checkpoint, data, split, recipe, device_name)
+    rows: list[dict] | None = [] if predictions_out is not None else None
     metrics = evaluate(
         model,
         dataset,
@@ -320,6 +323,7 @@ def _evaluate(
         err_console,
         show_progress(),
         description=f"eval {split}",
+        predictions=rows,
     )
     result = {
         "task": r.task,
@@ -336,6 +340,9 @@ def _evaluate(
         from ..atomic import atomic_write_json
 
         atomic_write_json(json_out, result)
+    if predictions_out is not None:
+        write_predictions(predictions_out, rows)
+        console.print(f"wrote {len(rows)} per-sample predictions to {predictions_out}", highlight=False)
     return result
 
 
@@ -349,9 +356,14 @@ def eval_(
     recipe: ReleaseRecipeOption = None,
     batch_size: int | None = typer.Option(None, "--batch-size"),
     device: DeviceOption = None,
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Write one JSON line per sample: its predictions beside the ground truth (.jsonl).",
+    ),
 ) -> None:
     """Evaluate a checkpoint on a split; prints a table and optionally writes JSON."""
-    _evaluate(checkpoint, data, split, json_out, recipe, batch_size, device)
+    _evaluate(checkpoint, data, split, json_out, recipe, batch_size, device, predictions)
 
 
 def _features(
@@ -537,6 +549,8 @@ def predict(
                 results.append({"clip": str(video), "error": result.error})
                 continue
             console.print(task.prediction_table(result.summary))
+            for note in result.summary.get("notes", []):
+                console.print(f"note: {note}", highlight=False, markup=False)
             results.append(result.summary)
             if out is not None:
                 stem = _clip_stem(video, used)
@@ -562,6 +576,18 @@ def attention(
     split: SplitOption = "test",
     limit: int = typer.Option(8, "--limit", min=1, help="Samples of --data to draw."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one PNG per clip and index.html."),
+    start: int | None = typer.Option(
+        None,
+        "--start",
+        min=0,
+        help="Clips longer than the model's window: draw the window that starts at this second "
+        "(default 0; moved back to end at the clip's end).",
+    ),
+    all_windows: bool = typer.Option(
+        False,
+        "--all-windows",
+        help="Clips longer than the model's window: one PNG per window (back to back).",
+    ),
     recipe: ReleaseRecipeOption = None,
     device: DeviceOption = None,
 ) -> None:
@@ -572,52 +598,97 @@ def attention(
 
     if bool(videos) == (data is not None):
         raise ValueError("give clips or --data (with --split), not both and not neither")
+    if (start is not None or all_windows) and not videos:
+        raise ValueError("--start and --all-windows choose windows of clips; --data draws prepared samples")
+    if start is not None and all_windows:
+        raise ValueError("give --start or --all-windows, not both")
     _check_writable(out / "index.html")
     model, r, task, info, device = _load_for_clips(checkpoint, recipe, device)
-    samples = []  # (caption, stem, frames uint8 [T,H,W,3], frames tensor, audio tensor)
+    if (start is not None or all_windows) and task.predict_whole_clip:
+        raise ValueError(f"--start/--all-windows: {task.name} models read the whole clip as one sample")
+    segments = model.cfg.num_segments
+    seconds_heard = r.data.segment_tiling  # each segment's 1 s, repeated, is what the audio tower hears
+    samples = []  # dicts: title, caption, stem, raw frames, rows, aspect, frames tensor, audio tensor
     if videos:
         from ..data.video import DecodeError, decode_windows
         from ..predict import window_batch
+        from ..tasks.base import PredictContext, heard_text
+        from ..viz.timeline import seconds_label
 
         for video in videos:
             try:
-                windows, _ = decode_windows(
+                windows, duration = decode_windows(
                     video,
-                    model.cfg.num_segments,
+                    segments,
                     model.frame_size,
                     model.cfg.audio.sample_rate,
                     frame_rule=task.frame_rule,
                     whole_clip=task.predict_whole_clip,
-                    max_windows=1,  # the picture shows the first window
+                    max_windows=None if all_windows else 1,
+                    start_at=start,
                 )
             except DecodeError as exc:
                 err_console.print(f"[yellow]skipped {video}: {exc.reason}", highlight=False)
                 continue
-            frames, audio = window_batch(model, windows, r.data)
-            span = "whole clip" if task.predict_whole_clip else f"0-{model.cfg.num_segments} s"
-            samples.append((f"{video} ({span})", video, windows[0].frames, frames, audio))
+            ctx = PredictContext(video, windows, duration, info, whole_clip=task.predict_whole_clip)
+            for window in windows:
+                frames, audio = window_batch(model, [window], r.data)
+                if ctx.tiled or task.predict_whole_clip:
+                    span = f"the whole clip, 0-{seconds_label(duration)}"
+                else:
+                    span = f"{window.start}-{window.start + segments} s of {seconds_label(duration)}"
+                rows = [  # what each segment saw, in seconds of the clip
+                    f"segment {k + 1}\nframe {seconds_label(float(window.frame_times[k]))}\n"
+                    f"audio {heard_text(window.audio_spans[k])}"
+                    for k in range(segments)
+                ]
+                chosen = (start is not None or all_windows) and not (ctx.tiled or task.predict_whole_clip)
+                stem = f"{video.stem}-{window.start}s" if chosen else video.stem
+                samples.append(
+                    {
+                        "title": video.name,
+                        "caption": "; ".join([span, *ctx.notes()]),
+                        "stem": stem,
+                        "raw": window.frames,
+                        "rows": rows,
+                        "aspect": window.aspect,
+                        "frames": frames,
+                        "audio": audio,
+                    }
+                )
     else:
         from ..factory import open_split
 
         dataset = open_split(r, data, split, what=f"the checkpoint {checkpoint}")
         for i in range(min(limit, len(dataset))):
             item = dataset[i]
-            raw = np.array(dataset.cache.frames(dataset.samples[i]["video_id"]))
             samples.append(
-                (
-                    f"{split} {dataset.sample_ids[i]}",
-                    Path(dataset.sample_ids[i]),
-                    raw,
-                    item["frames"][None],
-                    item["audio"][None],
-                )
+                {
+                    "title": f"{split} {dataset.sample_ids[i]}",
+                    "caption": f"prepared sample, {segments} segments",
+                    "stem": dataset.sample_ids[i],
+                    "raw": np.array(dataset.cache.frames(dataset.samples[i]["video_id"])),
+                    "rows": [f"segment {k + 1}\n{k}-{k + 1} s" for k in range(segments)],
+                    "aspect": 1.0,
+                    "frames": item["frames"][None],
+                    "audio": item["audio"][None],
+                }
             )
     entries, used = [], set()
-    for caption, name, raw, frames, audio in samples:
-        maps = attention_maps(model, frames.to(device), audio.to(device))
-        stem = _clip_stem(Path(name), used)
-        draw_attention(out / f"{stem}.png", caption, _to_display(raw, maps["visual"].shape[-2:]), maps)
-        entries.append((caption, f"{stem}.png"))
+    for sample in samples:
+        maps = attention_maps(model, sample["frames"].to(device), sample["audio"].to(device))
+        stem = _clip_stem(Path(f"{sample['stem']}.png"), used)
+        draw_attention(
+            out / f"{stem}.png",
+            sample["title"],
+            _to_display(sample["raw"], maps["visual"].shape[-2:]),
+            maps,
+            rows=sample["rows"],
+            caption=sample["caption"],
+            input_seconds=seconds_heard,
+            aspect=sample["aspect"],
+        )
+        entries.append((f"{sample['title']}: {sample['caption']}", f"{stem}.png"))
     if not entries:
         raise ValueError("no clip could be used")
     write_index(out / "index.html", entries)

@@ -137,13 +137,13 @@ def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def tile_audio(wave: np.ndarray, length: int) -> np.ndarray:
+def tile_audio(wave: np.ndarray, length: int, dtype=np.float32) -> np.ndarray:
     """Cut ``wave`` to ``length`` samples, repeating it first when it is shorter."""
     if wave.size == 0:
         raise ValueError("cannot tile an empty waveform")
     if wave.shape[0] < length:
         wave = np.tile(wave, -(-length // wave.shape[0]))
-    return np.ascontiguousarray(wave[:length], dtype=np.float32)
+    return np.ascontiguousarray(wave[:length], dtype=dtype)
 
 
 def _open_failure(path: Path, exc: BaseException) -> str:
@@ -271,28 +271,58 @@ def _read_wave(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def _segment_audio(
-    wave: np.ndarray, starts: np.ndarray | None, num_segments: int, sample_rate: int
+    wave: np.ndarray, starts: np.ndarray | None, num_segments: int, sample_rate: int, dtype=np.float32
 ) -> np.ndarray:
     """``[num_segments * sample_rate]`` audio: the clip's first seconds (tiled when short) when a
     frame rule gives no audio windows, else one second per segment from each start (clamped)."""
     if starts is None:
-        return tile_audio(wave, num_segments * sample_rate)
+        return tile_audio(wave, num_segments * sample_rate, dtype)
     audio = []
     for start in starts:
         first = int(round(float(start) * sample_rate))
         first = min(max(first, 0), max(wave.shape[0] - sample_rate, 0))
-        audio.append(tile_audio(wave[first : first + sample_rate], sample_rate))
+        audio.append(tile_audio(wave[first : first + sample_rate], sample_rate, dtype))
     return np.concatenate(audio)
+
+
+def _heard_spans(
+    length: int, offset: float, starts: np.ndarray | None, num_segments: int, sample_rate: int
+) -> list[list[tuple[float, float]]]:
+    """What each segment hears, in seconds of the source clip: :func:`_segment_audio` run on the
+    sample indices of a ``length``-sample piece that starts ``offset`` seconds into the clip, then
+    each segment's indices as runs of consecutive samples (a tiled short clip wraps around)."""
+    picked = _segment_audio(np.arange(length), starts, num_segments, sample_rate, dtype=np.int64)
+    spans = []
+    for seg in picked.reshape(num_segments, sample_rate):
+        cuts = np.flatnonzero(np.diff(seg) != 1) + 1
+        spans.append(
+            [
+                (
+                    round(offset + int(run[0]) / sample_rate, 3),
+                    round(offset + (int(run[-1]) + 1) / sample_rate, 3),
+                )
+                for run in np.split(seg, cuts)
+            ]
+        )
+    return spans
 
 
 @dataclass
 class ClipWindow:
     """One model window of a user's clip: ``num_segments`` one-second segments from ``start``
-    (seconds), frames uint8 ``[S, H, W, 3]`` and mono audio float32 ``[S * sample_rate]``."""
+    (seconds), frames uint8 ``[S, H, W, 3]`` (square, the model's size) and mono audio float32
+    ``[S * sample_rate]``; what each segment saw in the source clip: the time of its frame
+    (``frame_times``, seconds) and the stretches of audio it heard (``audio_spans``, seconds; empty
+    for a clip without an audio track, which is heard as silence: ``silent``); ``aspect`` is the
+    source frames' width / height (pictures undo the square resize)."""
 
     start: int
     frames: np.ndarray
     audio: np.ndarray
+    frame_times: np.ndarray | None = None
+    audio_spans: list[list[tuple[float, float]]] | None = None
+    silent: bool = False
+    aspect: float = 1.0
 
 
 @contextmanager
@@ -323,6 +353,7 @@ def decode_windows(
     frame_rule: str = "second_centres",
     whole_clip: bool = False,
     max_windows: int | None = None,
+    start_at: float | None = None,
 ) -> tuple[list[ClipWindow], float]:
     """A clip of any length as model windows, decoded once; returns (windows, duration in s).
 
@@ -332,7 +363,9 @@ def decode_windows(
     seconds (default: back to back); the last window is aligned to the clip's end so every second
     is covered, and the rule picks each window's frames (and audio windows, if it has them) as it
     would for a clip that starts at the window's first frame. ``max_windows``: decode only the
-    first windows. Raises :class:`DecodeError`.
+    first windows; ``start_at``: only the window that starts at that second (clamped to the clip).
+    A clip without an audio track is heard as silence (``ClipWindow.silent``). Raises
+    :class:`DecodeError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -358,9 +391,14 @@ def decode_windows(
         if starts[-1] != seconds - num_segments:
             starts.append(seconds - num_segments)
     one_window = len(starts) == 1
+    if start_at is not None:
+        if whole_clip:
+            raise ValueError("a model that reads the whole clip has no windows to start at")
+        # The window that starts at start_at (clamped so that it ends by the clip's end).
+        starts = [min(max(0, int(start_at)), max(0, seconds - num_segments))]
     starts = starts[:max_windows]
     with _quiet_stderr():
-        wave = _read_wave(path, sample_rate)
+        wave, silent = _read_wave_or_silence(path, sample_rate, duration)
     windows = []
     try:
         for start in starts:
@@ -374,12 +412,55 @@ def decode_windows(
             indices = np.minimum(indices + first_frame, num_frames - 1)
             audio = _segment_audio(clip_wave, audio_starts, num_segments, sample_rate)
             frames = read_frames(reader, indices.tolist()).astype(np.uint8, copy=False)
-            windows.append(ClipWindow(start, resize_frames(frames, image_size), audio))
+            offset = 0.0 if one_window else float(start)
+            heard = (
+                [[] for _ in range(num_segments)]
+                if silent
+                else _heard_spans(clip_wave.shape[0], offset, audio_starts, num_segments, sample_rate)
+            )
+            times = indices / fps if usable_fps else indices * duration / max(num_frames, 1)
+            windows.append(
+                ClipWindow(
+                    start,
+                    resize_frames(frames, image_size),
+                    audio,
+                    frame_times=np.round(times.astype(np.float64), 3),
+                    audio_spans=heard,
+                    silent=silent,
+                    aspect=frames.shape[2] / max(frames.shape[1], 1),
+                )
+            )
     except errors as exc:
         raise DecodeError(f"corrupt: {_short_message(exc)}") from exc
     finally:
         del reader
     return windows, duration
+
+
+def _read_wave_or_silence(path: Path, sample_rate: int, duration: float) -> tuple[np.ndarray, bool]:
+    """(the clip's mono audio, False), or (silence as long as the clip, True) for a clip without an
+    audio track (screen recordings, GIF conversions); an audio track that cannot be decoded is
+    still an error."""
+    try:
+        return _read_wave(path, sample_rate), False
+    except DecodeError as exc:
+        if exc.reason != "no audio":
+            raise
+        if _has_audio_stream(path):
+            raise DecodeError("corrupt: the audio track cannot be decoded") from exc
+    length = max(1, int(math.ceil(duration * sample_rate)))
+    return np.zeros(length, dtype=np.float32), True
+
+
+def _has_audio_stream(path: Path) -> bool:
+    """Whether FFmpeg (through PyAV) sees an audio stream in the file."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio)
+    except Exception:  # PyAV raises a family of FFmpeg error classes
+        return False
 
 
 def _video_codec() -> str:

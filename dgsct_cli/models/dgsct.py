@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,13 @@ from .dual import DualEncoder
 from .encoders.base import get_family
 from .output import EncoderNeeds, EncoderOutput
 
-__all__ = ["DGSCTModel", "ModelConfig", "build_dual_encoder", "resolve_family_sections"]
+__all__ = [
+    "DGSCTModel",
+    "ModelConfig",
+    "build_dual_encoder",
+    "ensure_weight_files",
+    "resolve_family_sections",
+]
 
 
 @dataclass
@@ -44,6 +52,9 @@ class ModelConfig:
     # false: the frozen towers alone, no adapters (pooling by token means), for heads trained on
     # the plain encoders (e.g. a grounding pre-training stage).
     use_adapters: bool = True
+    # Demo recipes: write random files of the towers' shapes, in the published layouts, at the
+    # paths model.visual/audio/text name when they are missing (nothing is downloaded).
+    random_weight_files: bool = False
 
 
 def resolve_family_sections(cfg: ModelConfig, where: str = "recipe") -> ModelConfig:
@@ -65,6 +76,41 @@ def resolve_family_sections(cfg: ModelConfig, where: str = "recipe") -> ModelCon
         if not isinstance(value, cls):
             setattr(cfg, section, build_dataclass(cls, value, f"model.{section}", where))
     return cfg
+
+
+def ensure_weight_files(cfg: ModelConfig, where: str = "recipe") -> list[Path]:
+    """Check every file the towers of ``cfg`` read before any data is written or model built;
+    with ``random_weight_files``, write the missing ones first (random values). One error names
+    every missing file and where it comes from. Returns the files written."""
+    cfg = resolve_family_sections(copy.copy(cfg), where)
+    family = get_family(cfg.family)
+    if family.weight_files is None:
+        return []
+    files = family.weight_files(cfg.visual, cfg.audio, cfg.text)
+    written: list[Path] = []
+    absent = {f.key for f in files if f.path is not None and f.missing()}
+    if absent and cfg.random_weight_files and family.write_random_files is not None:
+        written = family.write_random_files(cfg.visual, cfg.audio, cfg.text, absent)
+    problems = []
+    for f in files:
+        if f.path is None and f.required:
+            problems.append(f"{f.key} is not set ({f.what}: {f.source})")
+        elif f.path is not None and f.missing():
+            problems.append(f"{f.key}: {', '.join(f.missing())} not found ({f.what}: {f.source})")
+    if problems:
+        # The user is probably missing the optional files too: name them in the same message.
+        problems += [
+            f"{f.key} is not set either ({f.what}: {f.source}; without it the tower is randomly initialised)"
+            for f in files
+            if f.path is None and not f.required
+        ]
+        hint = f"; {family.without_files_hint}" if family.without_files_hint else ""
+        raise ValueError(
+            f"{where}: {len(problems)} weight file(s) missing (nothing is downloaded): "
+            + "; ".join(problems)
+            + f". Give them as overrides (key=PATH){hint}"
+        )
+    return written
 
 
 def build_dual_encoder(cfg: ModelConfig, load_weights: bool = True) -> DualEncoder:

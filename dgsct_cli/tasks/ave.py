@@ -15,7 +15,7 @@ from rich.table import Table
 from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
 from ..schema import Annotated, OneOf
-from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
+from .base import DataInfo, ReleaseLayout, Task, heard_text, label_runs, register_task, sample_ids
 from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
 
 
@@ -195,6 +195,35 @@ class AVETask(Task):
     def segment_labels(self, batch):
         return batch["segment_labels"]
 
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per video: the clip's event class and its probability; per segment the prediction (the
+        class where sigmoid(segment logit) > 0.5, else background), p(event) and the true label."""
+        names = label_names(dataset.class_names, dataset.background_index)
+        pred = segment_predictions(outputs["segment_logits"], outputs["event_logits"]).cpu()
+        p_event = torch.sigmoid(outputs["segment_logits"].float()).cpu()
+        p_class = torch.softmax(outputs["event_logits"].float(), -1).cpu()
+        labels = batch["segment_labels"].cpu()
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            event = int(p_class[i].argmax())
+            rows.append(
+                {
+                    "id": sample,
+                    "event_class": names[event],
+                    "event_class_probability": round(float(p_class[i, event]), 4),
+                    "correct_segments": int((pred[i] == labels[i]).sum()),
+                    "segments": [
+                        {
+                            "predicted": names[int(pred[i, t])],
+                            "event_probability": round(float(p_event[i, t]), 4),
+                            "true": names[int(labels[i, t])],
+                        }
+                        for t in range(labels.shape[1])
+                    ],
+                }
+            )
+        return rows
+
     def write_synthetic(self, out, videos, image_size, progress, console):
         from ..data.synthetic import prepare_synthetic_ave
 
@@ -211,7 +240,8 @@ class AVETask(Task):
 
     def summarize_prediction(self, ctx, outputs):
         """A per-second (per-segment for a short clip) timeline: the event class or background,
-        the probability that the second holds the event, and the top classes."""
+        the probability that the second holds the event, the top classes, and what the segment
+        saw (its frame's time and the audio it heard, in seconds of the clip)."""
         seg = ctx.per_second([torch.sigmoid(o["segment_logits"]) for o in outputs])
         probs = ctx.per_second(
             [torch.softmax(o["event_logits"], -1).expand(o["segment_logits"].shape[0], -1) for o in outputs]
@@ -219,7 +249,9 @@ class AVETask(Task):
         names = ctx.info.class_names
         spans = ctx.spans(len(seg))
         segments, labels = [], []
-        for (start, end), p, dist in zip(spans, seg.tolist(), probs, strict=True):
+        for (start, end), p, dist, seen in zip(
+            spans, seg.tolist(), probs, ctx.sources(len(seg)), strict=True
+        ):
             top = torch.topk(dist, min(3, dist.numel()))
             label = names[int(top.indices[0])] if p > 0.5 else "background"
             labels.append(label)
@@ -227,6 +259,7 @@ class AVETask(Task):
                 {
                     "start": round(start, 3),
                     "end": round(end, 3),
+                    **seen,
                     "label": label,
                     "event_probability": round(float(p), 4),
                     "top_classes": [
@@ -245,12 +278,14 @@ class AVETask(Task):
 
     def prediction_table(self, summary):
         table = Table(title=f"{summary['clip']}: AVE timeline", title_justify="left")
-        for column in ("time (s)", "prediction", "p(event)", "top class"):
-            table.add_column(column, justify="right" if column.startswith("p") else "left")
+        for column in ("time (s)", "frame (s)", "audio heard (s)", "prediction", "p(event)", "top class"):
+            table.add_column(column, justify="right" if column.startswith("p(") else "left")
         for s in summary["segments"]:
             name, p = s["top_classes"][0]
             table.add_row(
                 f"{s['start']:g}-{s['end']:g}",
+                "-" if s["frame_time"] is None else f"{s['frame_time']:g}",
+                heard_text(s["audio"]),
                 s["label"],
                 f"{s['event_probability']:.2f}",
                 f"{name} ({p:.2f})",
@@ -261,19 +296,27 @@ class AVETask(Task):
         from ..viz.timeline import class_colours, draw_tracks, frame_strip
 
         segments = summary["segments"]
-        end = segments[-1]["end"]
         names = ctx.info.class_names
         colours = dict(zip(names, class_colours(len(names)), strict=True))
         spans = [(e["start"], e["end"], e["label"]) for e in summary["events"]]
-        seconds = max(1, int(round(end)))
         draw_tracks(
             path,
             f"{Path(summary['clip']).name}: AVE events",
-            frame_strip(ctx.windows, seconds),
-            seconds,
+            frame_strip(ctx.windows),
+            ctx.timeline_end(),
             [("event", spans)],
             colours,
-            curves=[("p(event)", [s["event_probability"] for s in segments])],
+            # Each segment's probability at the middle of its place on the clip's time axis.
+            curves=[
+                (
+                    "p(event)",
+                    [(s["start"] + s["end"]) / 2 for s in segments],
+                    [s["event_probability"] for s in segments],
+                )
+            ],
+            aspect=ctx.windows[0].aspect,
+            notes=ctx.notes(),
+            background_label="background (no event)",
         )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):

@@ -31,7 +31,7 @@ from ..models.heads.avqa import (
     match_labels,
 )
 from ..schema import Annotated, OneOf, Range
-from .base import DataInfo, ReleaseLayout, Task, register_task
+from .base import DataInfo, ReleaseLayout, Task, register_task, sample_ids
 from .prepare_options import CacheOut, ImageSize, SyntheticVideos
 
 __all__ = [
@@ -425,6 +425,33 @@ class AVQATask(_AVQAData, Task):
             return [*("/".join(t) for t in QUESTION_TYPES), "other"]
         return list(dataset.class_names)
 
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per question: its words and type, the answer and its probability, the true answer."""
+        names = list(dataset.class_names)
+        probs = torch.softmax(outputs["answer_logits"].float(), -1).cpu()
+        vocab = getattr(dataset, "question_vocab", None)
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            answer, kind = int(probs[i].argmax()), int(batch["question_type"].view(-1)[i])
+            true = int(batch["answer"].view(-1)[i])
+            words = [vocab[w] for w in batch["question"][i].tolist() if w] if vocab else None
+            rows.append(
+                {
+                    "id": sample,
+                    "question_id": int(batch["question_id"].view(-1)[i]),
+                    "question": " ".join(words) if words is not None else None,
+                    "question_type": "/".join(QUESTION_TYPES[kind])
+                    if 0 <= kind < len(QUESTION_TYPES)
+                    else "other",
+                    "answer": names[answer],
+                    "probability": round(float(probs[i, answer]), 4),
+                    "true_answer": names[true],
+                    "true_answer_probability": round(float(probs[i, true]), 4),
+                    "correct": answer == true,
+                }
+            )
+        return rows
+
     # -- predictions on a user's clip: the whole clip is one sample, read as prepare reads a video
     frame_rule = "linspace_1fps"
     predict_whole_clip = True
@@ -461,6 +488,8 @@ class AVQATask(_AVQAData, Task):
             "question_words": ctx.arrays["question_words"],
             "answer": answers[0][0],
             "top_answers": answers,
+            # The segments the model read: each one's frame time and the audio it heard (seconds).
+            "segments": ctx.sources(ctx.windows[0].frames.shape[0]),
         }
 
     def prediction_table(self, summary):
@@ -473,14 +502,16 @@ class AVQATask(_AVQAData, Task):
         return table
 
     def draw_prediction(self, ctx, summary, path):
-        from ..viz.timeline import draw_answers
+        from ..viz.timeline import draw_answers, frame_strip
 
         draw_answers(
             path,
             f"{Path(summary['clip']).name}: AVQA",
-            ctx.windows[0].frames,
+            frame_strip(ctx.windows),
             summary["question"],
             [tuple(a) for a in summary["top_answers"]],
+            aspect=ctx.windows[0].aspect,
+            notes=ctx.notes(),
         )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
@@ -553,6 +584,21 @@ class AVQAGroundingTask(_AVQAData, Task):
 
     def segment_labels(self, batch, kind=None):
         return torch.ones(batch["frames"].shape[:2], dtype=torch.long)
+
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per (video, second): p(match) of the audio with its own frame (true: match) and with
+        another video's frame (true: no match)."""
+        positive = torch.softmax(outputs["match_logits_positive"].float(), -1)[:, 1].cpu()
+        negative = torch.softmax(outputs["match_logits_negative"].float(), -1)[:, 1].cpu()
+        return [
+            {
+                "id": sample,
+                "own_frame_match_probability": round(float(positive[i]), 4),
+                "other_frame_match_probability": round(float(negative[i]), 4),
+                "correct": [bool(positive[i] > 0.5), bool(negative[i] <= 0.5)],
+            }
+            for i, sample in enumerate(sample_ids(batch, dataset))
+        ]
 
     def label_names(self, dataset, kind=None):
         return list(dataset.class_names)

@@ -29,7 +29,7 @@ from ..models.heads.avs import (
 )
 from ..schema import Annotated, OneOf, Range
 from .avs_metrics import VIDEOS_PER_BATCH, f_measure, mask_iou
-from .base import DataInfo, ReleaseLayout, Task, register_task
+from .base import DataInfo, ReleaseLayout, Task, heard_text, register_task, sample_ids
 from .prepare_options import CacheOut, SyntheticVideos
 
 __all__ = [
@@ -399,6 +399,40 @@ class AVSTask(Task):
     def label_names(self, dataset):
         return ["no sounding object", "sounding object"]
 
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per video: each frame's IoU (the release's ``mask_iou``; None where the split has no
+        true mask), the predicted and true sounding areas, and the video's mean IoU."""
+        masks = batch["masks"].float().cpu()
+        b, t = masks.shape[:2]
+        logits = outputs["mask_logits"].float().cpu()
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
+        logits = logits.view(b, t, *masks.shape[-2:])
+        valid = batch.get("mask_valid", torch.ones(b, t)).cpu().bool()
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            frames = []
+            for k in range(t):
+                has_truth = bool(valid[i, k])
+                frames.append(
+                    {
+                        "iou": round(float(mask_iou(logits[i, k : k + 1], masks[i, k : k + 1])), 4)
+                        if has_truth
+                        else None,
+                        "predicted_area": round(float((torch.sigmoid(logits[i, k]) > 0.5).float().mean()), 4),
+                        "true_area": round(float(masks[i, k].mean()), 4) if has_truth else None,
+                    }
+                )
+            scored = [f["iou"] for f in frames if f["iou"] is not None]
+            rows.append(
+                {
+                    "id": sample,
+                    "miou": round(sum(scored) / len(scored), 4) if scored else None,
+                    "frames": frames,
+                }
+            )
+        return rows
+
     def write_synthetic(self, out, videos, image_size, progress, console):
         # AVSBench frames and masks are 224 pixels whatever the model's size (it resizes).
         from ..data.avsbench import prepare_avsbench, write_synthetic_avsbench
@@ -440,7 +474,7 @@ class AVSTask(Task):
         ctx.arrays["probability"] = prob.numpy()
         spans = ctx.spans(count)
         segments = []
-        for (start, end), p in zip(spans, prob, strict=True):
+        for (start, end), p, seen in zip(spans, prob, ctx.sources(count), strict=True):
             mask = p > 0.5
             box = None
             if mask.any():
@@ -456,6 +490,7 @@ class AVSTask(Task):
                 {
                     "start": round(start, 3),
                     "end": round(end, 3),
+                    **seen,
                     "sounding_area": round(float(mask.float().mean()), 4),
                     "box": box,
                 }
@@ -472,11 +507,19 @@ class AVSTask(Task):
     def prediction_table(self, summary):
         table = Table(title=f"{summary['clip']}: sounding objects", title_justify="left")
         table.add_column("time (s)")
+        table.add_column("frame (s)")
+        table.add_column("audio heard (s)")
         table.add_column("sounding area", justify="right")
         table.add_column("box (x0, y0, x1, y1; fraction of the frame)")
+        size = summary["mask_size"]
         for s in summary["segments"]:
-            box = "-" if s["box"] is None else ", ".join(f"{v:.2f}" for v in s["box"])
-            table.add_row(f"{s['start']:g}-{s['end']:g}", f"{100 * s['sounding_area']:.1f}%", box)
+            table.add_row(
+                f"{s['start']:g}-{s['end']:g}",
+                "-" if s["frame_time"] is None else f"{s['frame_time']:g}",
+                heard_text(s["audio"]),
+                f"{100 * s['sounding_area']:.1f}%",
+                box_text(s["box"], s["sounding_area"], size),
+            )
         return table
 
     def draw_prediction(self, ctx, summary, path):
@@ -487,10 +530,12 @@ class AVSTask(Task):
         spans = [(s["start"], s["end"]) for s in summary["segments"]]
         draw_clip_masks(
             path,
-            f"{Path(summary['clip']).name}: sounding objects",
+            " / ".join([f"{Path(summary['clip']).name}: sounding objects", *ctx.notes()]),
             ctx.arrays["frames"],
             ctx.arrays["probability"],
             spans,
+            frame_times=[s["frame_time"] for s in summary["segments"]],
+            aspect=ctx.windows[0].aspect,
         )
 
     def draw_predictions(
@@ -511,6 +556,18 @@ class AVSTask(Task):
             console=console,
             progress=progress,
         )
+
+
+def box_text(box: list[float] | None, area: float, mask_size: list[int]) -> str:
+    """A box for a table: ``none`` without one, or when it is too small to show at two decimals (a
+    few pixels, whose corners would all print alike); its corners otherwise."""
+    if box is None:
+        return "none"
+    x0, y0, x1, y1 = box
+    if round(x1 - x0, 2) == 0 or round(y1 - y0, 2) == 0:
+        pixels = max(1, round(area * mask_size[0] * mask_size[1]))
+        return f"none ({pixels} pixel{'s' if pixels > 1 else ''} of the mask)"
+    return ", ".join(f"{v:.2f}" for v in box)
 
 
 def _is_setting(reduction: int) -> Any:

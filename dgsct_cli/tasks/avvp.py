@@ -19,7 +19,7 @@ from ..models.heads.mgn import (
 )
 from ..schema import Annotated, OneOf, Range
 from .avvp_metrics import SCORE_KEYS, format_parsing_table, parsing_scores
-from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task
+from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task, sample_ids
 from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
@@ -216,6 +216,39 @@ class AVVPTask(Task):
     def segment_labels(self, batch):
         return video_segment_labels(batch)
 
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per video: the classes the video-level head keeps (p >= 0.5) against the weak labels;
+        per segment the audio and visual events by the release's rule (frame probability >= 0.5
+        where the video-level head says >= 0.5) with their probabilities, against the segment
+        ground truth where the split has it."""
+        names = list(dataset.class_names)
+        video = outputs["video_prob"].float().cpu()
+        keep = video >= 0.5
+        probs = {m: outputs[f"{m}_frame_prob"].float().cpu() for m in ("audio", "visual")}
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            segments = []
+            for t in range(probs["audio"].shape[1]):
+                seg: dict[str, Any] = {}
+                for m in ("audio", "visual"):
+                    on = ((probs[m][i, t] >= 0.5) & keep[i]).nonzero().view(-1).tolist()
+                    seg[m] = [[names[c], round(float(probs[m][i, t, c]), 4)] for c in on]
+                    truth = batch.get(f"gt_{m}")
+                    if truth is not None:
+                        seg[f"true_{m}"] = [names[c] for c in (truth[i, t] > 0.5).nonzero().view(-1).tolist()]
+                segments.append(seg)
+            rows.append(
+                {
+                    "id": sample,
+                    "video": [
+                        [names[c], round(float(video[i, c]), 4)] for c in keep[i].nonzero().view(-1).tolist()
+                    ],
+                    "true_video": [names[c] for c in (batch["labels"][i] > 0.5).nonzero().view(-1).tolist()],
+                    "segments": segments,
+                }
+            )
+        return rows
+
     def write_synthetic(self, out, videos, image_size, progress, console):
         from ..data.synthetic import prepare_synthetic_llp
 
@@ -269,6 +302,11 @@ class AVVPTask(Task):
             "task": self.name,
             "duration": round(ctx.duration, 3),
             "windows": [w.start for w in ctx.windows],
+            # What each second (segment, for a short clip) saw: its frame's time and the audio heard.
+            "segments": [
+                {"start": round(a, 3), "end": round(b, 3), **seen}
+                for (a, b), seen in zip(spans, ctx.sources(len(spans)), strict=True)
+            ],
             "video_probabilities": {
                 names[c]: round(float(p), 4)
                 for c, p in enumerate(torch.stack([o["video_prob"] for o in outputs]).mean(0))
@@ -291,7 +329,6 @@ class AVVPTask(Task):
 
         names = ctx.info.class_names
         colours = dict(zip(names, class_colours(len(names)), strict=True))
-        seconds = max(1, int(round(ctx.seconds() or ctx.duration)))
         tracks = [
             (m, [(e["onset"], e["offset"], e["class"]) for e in summary["events"] if e["modality"] == m])
             for m in ("audio", "visual", "audio-visual")
@@ -299,10 +336,12 @@ class AVVPTask(Task):
         draw_tracks(
             path,
             f"{Path(summary['clip']).name}: AVVP parsing",
-            frame_strip(ctx.windows, seconds),
-            seconds,
+            frame_strip(ctx.windows),
+            ctx.timeline_end(),
             tracks,
             colours,
+            aspect=ctx.windows[0].aspect,
+            notes=ctx.notes(),
         )
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):

@@ -35,9 +35,11 @@ __all__ = [
     "TASKS",
     "available_tasks",
     "get_task",
+    "heard_text",
     "label_runs",
     "prepare_commands",
     "register_task",
+    "sample_ids",
 ]
 
 
@@ -106,6 +108,53 @@ class PredictContext:
         last = max(w.start for w in self.windows) + segments
         return last if len(self.windows) > 1 or self.duration >= segments - 1e-6 else None
 
+    @property
+    def silent(self) -> bool:
+        """The clip has no audio track: the model heard silence."""
+        return any(w.silent for w in self.windows)
+
+    @property
+    def tiled(self) -> bool:
+        """A clip shorter than the model's window, read as one window (frames spread over it,
+        its audio repeated end to end)."""
+        return not self.whole_clip and self.seconds() is None
+
+    def timeline_end(self) -> float:
+        """Where a picture's time axis ends: the seconds the windows cover, or the clip's length."""
+        seconds = self.seconds()
+        return float(seconds) if seconds is not None else float(self.duration)
+
+    def notes(self) -> list[str]:
+        """What a reader of the table, the JSON or the picture must know about how the clip was read."""
+        out = []
+        if self.tiled:
+            segments = self.windows[0].frames.shape[0]
+            out.append(
+                f"the clip ({self.duration:.2f} s) is shorter than the model's {segments}-s window: its "
+                f"{segments} segments take frames spread over the clip and 1-s pieces of its audio "
+                "repeated end to end (each segment's frame time and audio say what it saw)"
+            )
+        if self.silent:
+            out.append("the clip has no audio track: the model heard silence")
+        return out
+
+    def sources(self, count: int) -> list[dict[str, Any]]:
+        """What each of the ``count`` reported segments saw in the clip: ``frame_time`` (seconds)
+        and ``audio`` (the ``[start, end]`` stretches it heard, seconds; empty for silence). Per
+        second of a long clip, from the first window that covers that second."""
+        seconds = self.seconds()
+        picks = []
+        for t in range(count):
+            if seconds is None:
+                window, k = self.windows[0], t
+            else:
+                window = next(w for w in self.windows if w.start <= t < w.start + w.frames.shape[0])
+                k = t - window.start
+            frame = None if window.frame_times is None else float(window.frame_times[k])
+            heard = [] if window.audio_spans is None else [list(span) for span in window.audio_spans[k]]
+            picks.append({"frame_time": frame, "audio": heard})
+        return picks
+
     def spans(self, count: int) -> list[tuple[float, float]]:
         """Time span (seconds) of each of the ``count`` reported segments."""
         seconds = self.seconds()
@@ -128,6 +177,18 @@ class PredictContext:
             total[w.start : w.start + values.shape[0]] += values
             count[w.start : w.start + values.shape[0]] += 1
         return total / count.clamp(min=1).view(-1, *([1] * len(shape)))
+
+
+def sample_ids(batch: dict[str, Any], dataset: Any) -> list[str]:
+    """The ids of a batch's samples (its ``index`` into the dataset)."""
+    return [str(dataset.sample_ids[int(i)]) for i in batch["index"].view(-1).tolist()]
+
+
+def heard_text(spans: list[list[float]]) -> str:
+    """A segment's audio for a table: ``3-4``, ``3-3.2 + 0-0.8`` (a tiled clip wraps), ``silence``."""
+    if not spans:
+        return "silence"
+    return " + ".join(f"{a:g}-{b:g}" for a, b in spans)
 
 
 def label_runs(labels: list[str], spans: list[tuple[float, float]], skip: str | None = None) -> list[dict]:
@@ -268,6 +329,13 @@ class Task:
 
     def metrics_table(self, metrics: dict[str, Any]) -> Table:
         raise NotImplementedError
+
+    def prediction_rows(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], dataset: Any
+    ) -> list[dict[str, Any]]:
+        """``dgsct eval --predictions``: one JSON-able row per sample of the batch, ``id`` first
+        (``dataset.sample_ids[batch["index"][i]]``), the prediction beside its ground truth."""
+        raise ValueError(f"task {self.name!r} writes no per-sample predictions (--predictions)")
 
     def segment_labels(self, batch: dict[str, Any], kind: str | None = None) -> torch.Tensor:
         """Per-segment labels ``[B, T]`` for feature extraction and t-SNE colours (``kind``: one

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from ..models.heads.fewshot import FewShotHead, FewShotHeadConfig
 from ..schema import Annotated, OneOf, Range
-from .base import DataInfo, ReleaseLayout, Task, register_task
+from .base import DataInfo, ReleaseLayout, Task, register_task, sample_ids
 
 __all__ = [
     "FewShotEvaluator",
@@ -475,6 +475,43 @@ class FewShotTask(Task):
         # A video-level multi-hot label: its lowest class on every segment (for colours only).
         t = batch["frames"].shape[1]
         return batch["labels"].argmax(dim=-1, keepdim=True).expand(-1, t)
+
+    def prediction_rows(self, outputs, batch, dataset):
+        """Per video: the class of the segment-averaged scores and its probability against the
+        video's class(es); with segment labels, per segment the top class (``background`` when the
+        head has that text class) and its probability against the true label."""
+        from ..data.manifest import label_names
+
+        scores = outputs["event_logits"].float().cpu()
+        names = list(dataset.class_names)
+        if scores.shape[-1] > len(names):
+            names.append("background")
+        truth = label_names(dataset.class_names, dataset.background_index)
+        segment = torch.softmax(scores, -1)
+        video = torch.softmax(scores.mean(1), -1)
+        rows = []
+        for i, sample in enumerate(sample_ids(batch, dataset)):
+            top = int(video[i].argmax())
+            row: dict[str, Any] = {"id": sample, "video": [names[top], round(float(video[i, top]), 4)]}
+            if "labels" in batch:  # LLP: a video's weak labels
+                row["true_video"] = [truth[c] for c in (batch["labels"][i] > 0.5).nonzero().view(-1).tolist()]
+            if "segment_labels" in batch:
+                labels = batch["segment_labels"][i].cpu()
+                background = dataset.background_index
+                first = int(
+                    first_event_class(labels[None], len(names) if background is None else background)[0]
+                )
+                row["true_video"] = [truth[first]] if first >= 0 else []
+                row["segments"] = [
+                    {
+                        "predicted": names[int(segment[i, t].argmax())],
+                        "probability": round(float(segment[i, t].max()), 4),
+                        "true": truth[int(labels[t])],
+                    }
+                    for t in range(labels.shape[0])
+                ]
+            rows.append(row)
+        return rows
 
     def bench_batch(self, model_cfg, data_cfg, batch_size, generator):
         batch = super().bench_batch(model_cfg, data_cfg, batch_size, generator)

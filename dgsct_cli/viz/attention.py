@@ -1,9 +1,9 @@
 """What the model looks at and listens to: the DG-SCT adapters' spatial attention, per segment.
 
-For each segment of a clip: the frame with the last visual adapter's audio-guided spatial map
-(upsampled to the frame) as a heat map, beside the frozen encoder's own token activity (the norm of
-each token of the adapter-free pass, a map with no audio in it), and the log-mel the audio tower
-sees with the last audio adapter's visually guided map over time and frequency.
+For each segment of a clip: the frame, the frame with the last visual adapter's audio-guided
+spatial map (upsampled to the frame) as a heat map, beside the frozen encoder's own token activity
+(the norm of each token of the adapter-free pass, a map with no audio in it), and the log-mel the
+audio tower sees with the last audio adapter's visually guided map over time and frequency.
 """
 
 from __future__ import annotations
@@ -64,40 +64,84 @@ def attention_maps(model: DGSCTModel, frames: torch.Tensor, audio: torch.Tensor)
     }
 
 
-def draw_attention(path: Path, title: str, frames: np.ndarray, maps: dict[str, np.ndarray]) -> None:
-    """One PNG: a row per segment with the frame + DG-SCT map, the frame + the frozen encoder's
-    map, and the log-mel + the audio adapter's map. ``frames`` are uint8 ``[T, H, W, 3]``."""
+def draw_attention(
+    path: Path,
+    title: str,
+    frames: np.ndarray,
+    maps: dict[str, np.ndarray],
+    rows: list[str] | None = None,
+    caption: str = "",
+    input_seconds: float | None = None,
+    aspect: float = 1.0,
+) -> None:
+    """One PNG: a row per segment with the frame, the frame + the DG-SCT map, the frame + the frozen
+    encoder's map, and the log-mel (mel bins over seconds of the model's input) + the audio
+    adapter's map; a colour bar under each kind of map. ``frames`` uint8 ``[T, H, W, 3]`` (the
+    model's square frames, shown at the source's width / height ``aspect``); ``rows`` label each
+    segment (what it saw); ``caption`` (the time span, how the clip was read) goes under ``title``
+    (the clip's name); ``input_seconds``: the length of the audio the tower heard per segment."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = frames.shape[0]
-    fig, axes = plt.subplots(t, 3, figsize=(10, 2.0 * t + 0.6), squeeze=False)
+    mel_bins, columns = maps["log_mel"].shape[1:]
+    seconds = float(input_seconds) if input_seconds else float(columns)
+    fig, axes = plt.subplots(
+        t, 4, figsize=(13, 2.0 * t + 1.6), squeeze=False, layout="constrained", width_ratios=[1, 1, 1, 1.4]
+    )
     headers = (
+        "frame",
         "DG-SCT visual attention (audio-guided)",
-        "frozen encoder, no adapters",
+        "frozen encoder, no adapters (token norm)",
         "audio attention (visually guided)",
     )
+    picture = (0, aspect, 0, 1)  # the frame and its maps at the source's aspect
+    shown = {}
     for row in range(t):
-        ax_v, ax_p, ax_a = axes[row]
+        ax_f, ax_v, ax_p, ax_a = axes[row]
+        ax_f.imshow(frames[row], extent=picture)
         for ax, key in ((ax_v, "visual"), (ax_p, "plain")):
-            ax.imshow(frames[row])
-            ax.imshow(maps[key][row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.imshow(frames[row], extent=picture)
+            shown[key] = ax.imshow(maps[key][row], cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=picture)
+        for ax in (ax_f, ax_v, ax_p):
             ax.set_xticks([])
             ax.set_yticks([])
-        ax_a.imshow(maps["log_mel"][row], origin="lower", aspect="auto", cmap="gray")
-        ax_a.imshow(maps["audio"][row], origin="lower", aspect="auto", cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        ax_a.set_xticks([])
-        ax_a.set_yticks([])
-        ax_v.set_ylabel(f"segment {row}", fontsize=8)
-        if row == 0:
-            for ax, header in zip(axes[0], headers, strict=True):
-                ax.set_title(header, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))
+        spectrum = (0, seconds, 0, mel_bins)
+        ax_a.imshow(maps["log_mel"][row], origin="lower", aspect="auto", cmap="gray", extent=spectrum)
+        shown["audio"] = ax_a.imshow(
+            maps["audio"][row],
+            origin="lower",
+            aspect="auto",
+            cmap="jet",
+            alpha=0.4,
+            vmin=0,
+            vmax=1,
+            extent=spectrum,
+        )
+        ax_a.set_ylabel("mel bin", fontsize=7)
+        ax_a.tick_params(labelsize=6)
+        if row < t - 1:
+            ax_a.set_xticklabels([])
+        ax_f.set_ylabel(rows[row] if rows else f"segment {row}", fontsize=7)
+    axes[-1][3].set_xlabel("seconds of the audio the tower heard for the segment", fontsize=7)
+    for ax, header in zip(axes[0], headers, strict=True):
+        ax.set_title(header, fontsize=9)
+    labels = {
+        "visual": "audio-guided attention (scaled to 0-1 per frame)",
+        "plain": "token norm (scaled to 0-1 per frame)",
+        "audio": "visually guided attention (scaled to 0-1 per segment)",
+    }
+    for column, key in ((1, "visual"), (2, "plain"), (3, "audio")):
+        bar = fig.colorbar(shown[key], ax=list(axes[:, column]), location="bottom", shrink=0.9, aspect=30)
+        bar.set_label(labels[key], fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    import textwrap
+
+    fig.suptitle("\n".join([title, *textwrap.wrap(caption, 150)]), fontsize=10)
     with atomic_output(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")  # the colour bars' labels included
     plt.close(fig)
 
 

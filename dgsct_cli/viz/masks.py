@@ -189,6 +189,15 @@ def _overlays(frames: np.ndarray, prob: np.ndarray) -> np.ndarray:
     return np.stack([overlay(f, p > 0.5, PRED_COLOUR) for f, p in zip(frames, prob, strict=True)])
 
 
+def _at_aspect(image: np.ndarray, aspect: float) -> np.ndarray:
+    """A square model frame stretched back to the source's width / height ``aspect`` (same height)."""
+    h, w = image.shape[:2]
+    width = max(2, int(round(h * aspect)))
+    if width == w:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, h), Image.BICUBIC))
+
+
 def draw_clip_masks(
     path: Path,
     title: str,
@@ -197,27 +206,40 @@ def draw_clip_masks(
     spans: list[tuple[float, float]],
     max_tiles: int = 10,
     video_fps: int = 4,
+    frame_times: list[float | None] | None = None,
+    aspect: float = 1.0,
 ) -> tuple[Path, Path]:
     """A clip's predicted masks (``dgsct predict``): ``path`` (PNG) shows up to ``max_tiles``
-    segments spread over the clip (frame above, mask overlay below); ``path`` with ``.mp4`` shows
-    every segment's overlay for its span. ``frames`` uint8 ``[S, H, W, 3]``, ``prob`` ``[S, h, w]``
-    mask probabilities, ``spans`` (start, end) seconds per segment. Both written atomically."""
+    segments spread over the clip (frame above, mask overlay below, at the source's ``aspect``,
+    labelled with the time each frame was taken from); ``path`` with ``.mp4`` shows every segment's
+    overlay for its span. ``frames`` uint8 ``[S, H, W, 3]``, ``prob`` ``[S, h, w]`` mask
+    probabilities, ``spans`` (start, end) seconds per segment. Both written atomically."""
     from ..data.video import write_mp4
+    from .timeline import seconds_label
 
     shown = _overlays(frames, prob)
     count = len(frames)
     chosen = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(max_tiles, count))})
-    h, w = frames.shape[1:3]
-    figure = Image.new("RGB", (len(chosen) * w, LABEL_HEIGHT + 2 * (h + LABEL_HEIGHT)), (255, 255, 255))
+    h = frames.shape[1]
+    w = _at_aspect(frames[0], aspect).shape[1]
+    figure = Image.new(
+        "RGB", (max(len(chosen) * w, 8 * len(title)), LABEL_HEIGHT + 2 * (h + LABEL_HEIGHT)), "white"
+    )
     ImageDraw.Draw(figure).text((3, 3), title, fill=(0, 0, 0))
     for col, i in enumerate(chosen):
         start, end = spans[i]
+        when = frame_times[i] if frame_times is not None and frame_times[i] is not None else start
         area = float((prob[i] > 0.5).mean())
-        figure.paste(_tile(frames[i], f"{start:g}-{end:g} s"), (col * w, LABEL_HEIGHT))
-        figure.paste(_tile(shown[i], f"sounding {100 * area:.0f}%"), (col * w, 2 * LABEL_HEIGHT + h))
+        label = f"{start:g}-{end:g} s: frame {seconds_label(when)}"
+        figure.paste(_tile(_at_aspect(frames[i], aspect), label), (col * w, LABEL_HEIGHT))
+        figure.paste(
+            _tile(_at_aspect(shown[i], aspect), f"sounding {100 * area:.0f}%"),
+            (col * w, 2 * LABEL_HEIGHT + h),
+        )
     png = _save_png(figure, Path(path))
     # Even sides for yuv420p; each segment shown for its span.
-    video = shown[:, : h - h % 2, : w - w % 2]
+    video = np.stack([_at_aspect(f, aspect) for f in shown])
+    video = video[:, : h - h % 2, : video.shape[2] - video.shape[2] % 2]
     repeats = [max(1, int(round((end - start) * video_fps))) for start, end in spans]
     mp4 = Path(path).with_suffix(".mp4")
     write_mp4(mp4, np.repeat(video, repeats, axis=0), video_fps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "StagedNHWCView",
     "Tower",
     "TowerSet",
+    "WeightFile",
     "get_family",
     "register_family",
 ]
@@ -122,6 +124,32 @@ class TowerSet:
 
 
 @dataclass(frozen=True)
+class WeightFile:
+    """A file (or folder) a family reads, as a recipe names it: the recipe ``key``, its value
+    ``path`` (None: not set), what it is, where it comes from, whether the towers can do without
+    it (``required=False``: randomly initialised, with a warning) and, for a folder, the files it
+    must hold."""
+
+    key: str
+    path: str | None
+    what: str
+    source: str
+    required: bool = False
+    contents: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """What is not there: ``[]`` when the file (or the folder with its files) exists."""
+        if self.path is None:
+            return []
+        path = Path(self.path)
+        if not self.contents:
+            return [] if path.is_file() else [str(path)]
+        if not path.is_dir():
+            return [str(path)]
+        return [str(path / name) for name in self.contents if not (path / name).is_file()]
+
+
+@dataclass(frozen=True)
 class EncoderFamily:
     """A registry entry: config types, builder, pairing rule, paired step and pooling.
 
@@ -149,6 +177,15 @@ class EncoderFamily:
     # Regional compilation of what the paired step runs besides whole blocks and adapters (e.g.
     # Swin-V2's half blocks): called with the walker and ``torch.compile``'s keyword arguments.
     compile_paired_step: Callable[[DualEncoder, dict[str, Any]], None] | None = None
+    # ``weight_files(visual_cfg, audio_cfg, text_cfg)``: every file the configs name (set or not),
+    # checked together before any data or model is built.
+    weight_files: Callable[[Any, Any, Any], list[WeightFile]] | None = None
+    # ``write_random_files(visual_cfg, audio_cfg, text_cfg, keys)``: random files of the configs'
+    # shapes in the published layouts at the paths of the recipe ``keys`` given (demo recipes with
+    # ``model.random_weight_files``); returns the paths written.
+    write_random_files: Callable[[Any, Any, Any, set[str]], list[Path]] | None = None
+    # What to try without the files (appended to the message naming the missing ones).
+    without_files_hint: str = ""
 
 
 FAMILIES: dict[str, EncoderFamily] = {}

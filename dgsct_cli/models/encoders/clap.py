@@ -10,6 +10,7 @@ fixed roberta-base configuration, never fetched from a hub.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from torch import nn
 from ...schema import Annotated, OneOf, Range
 from ..weights import CheckpointError, load_into
 from .htsat import HTSAT, HTSATConfig, convert_htsat_state_dict, htsat_unused_keys
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,4 +164,9 @@ def clap_towers(
         load_into(audio, audio_state, f"{name} (audio_branch)")
         load_into(projection, proj_state, f"{name} (audio_projection)")
         load_into(text, text_state, f"{name} (text_branch)")
+    elif load_weights:
+        log.warning(
+            "model.audio.weights is not set: CLAP (its audio branch, projection and RoBERTa text branch) "
+            "is randomly initialised"
+        )
     return audio, projection, text

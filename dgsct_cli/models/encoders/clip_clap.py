@@ -17,6 +17,7 @@ from torch import nn
 from .base import BlockPair, EncoderFamily, TowerSet, register_family
 from .clap import CLAPAudioConfig, ClipClapTextConfig, clap_towers
 from .clip import CLIPConfig, CLIPVisionView, clip_towers
+from .clip_clap_files import clip_clap_weight_files, write_random_files
 from .htsat import HTSATView
 
 if TYPE_CHECKING:
@@ -109,5 +110,11 @@ CLIP_CLAP = register_family(
         normalization=lambda cfg: (tuple(cfg.mean), tuple(cfg.std)),
         recompute_auto_blocks=10**9,  # a 12-block ViT-B at 224 px fits without it
         compile_paired_step=compile_halves,
+        weight_files=clip_clap_weight_files,
+        write_random_files=write_random_files,
+        without_files_hint=(
+            "to try the commands without them, the tiny recipes write small random files in these "
+            "layouts: 'dgsct fewshot train --recipe fewshot-ave-tiny' (README, 'Try it without weights')"
+        ),
     )
 )

@@ -17,7 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block
 from torch import nn
 
-from .base import BlockPair, EncoderFamily, TowerSet, register_family
+from .base import BlockPair, EncoderFamily, TowerSet, WeightFile, register_family
 from .htsat import HTSATConfig, HTSATView, create_audio_encoder
 from .swinv2 import SwinV2Config, SwinV2View, create_visual_encoder
 
@@ -116,6 +116,24 @@ def build(visual: SwinV2Config, audio: HTSATConfig, text: None, load_weights: bo
     )
 
 
+def weight_files(visual: SwinV2Config, audio: HTSATConfig, text: None) -> list[WeightFile]:
+    """Swin-V2's and HTS-AT's files; without one a tower is randomly initialised (a warning)."""
+    return [
+        WeightFile(
+            "model.visual.weights",
+            None if visual.weights == "hub" else visual.weights,  # "hub": timm downloads it
+            f"{visual.name} weights",
+            "timm / Hugging Face (.safetensors or .bin) or the original .pth",
+        ),
+        WeightFile(
+            "model.audio.weights",
+            audio.weights,
+            "HTS-AT AudioSet weights",
+            "HTSAT_AudioSet_Saved_1.ckpt from the HTS-AT release",
+        ),
+    ]
+
+
 SWINV2_HTSAT = register_family(
     EncoderFamily(
         name="swinv2-htsat",
@@ -130,5 +148,6 @@ SWINV2_HTSAT = register_family(
         normalization=lambda cfg: (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         recompute_auto_blocks=24,
         compile_paired_step=compile_halves,
+        weight_files=weight_files,
     )
 )
