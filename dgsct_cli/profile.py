@@ -9,6 +9,7 @@ or https://ui.perfetto.dev), ``DIR/top_kernels.txt`` and ``DIR/profile.json``.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,13 @@ def profile_step(
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities, record_shapes=False) as prof:
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    with warnings.catch_warnings():
+        # One step is one profiler cycle; torch's note about events of later cycles does not apply.
+        warnings.filterwarnings("ignore", message=".*clears events at the end of each cycle.*")
+        with profile(activities=activities, record_shapes=False) as prof:
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
     with atomic_output(out / "trace.json", suffix=".json") as tmp:
         prof.export_chrome_trace(str(tmp))
     summary = summarize_events(_events(prof, device), top=top)
