@@ -27,7 +27,14 @@ from .config import Recipe
 from .data.datasets import make_loader
 from .factory import create_model, ensure_data, open_split
 from .models.dgsct import DGSCTModel
-from .runtime import autocast_for, configure_runtime, resolve_device, resolve_precision, to_device
+from .runtime import (
+    apply_threads,
+    autocast_for,
+    configure_runtime,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
 from .tasks.base import Task, get_task
 from .train import make_optimizer, mixup_distribution, training_loss
 
@@ -200,6 +207,7 @@ def run_bench(
             f"building {recipe.name or recipe.task} ({'random' if random_init else 'recipe'} weights)"
         )
     model: DGSCTModel = create_model(recipe.task, cfg, load_encoder_weights=not random_init).to(dev)
+    apply_threads(model, recipe.runtime.threads)
     cfg = model.cfg  # the head's class count resolved
     model.train(train)
     batch = to_device(random_batch(task, recipe, batch_size, cfg=cfg), dev)

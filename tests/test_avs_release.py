@@ -4,7 +4,6 @@ weights, and the released S4/MS3 state-dict layouts."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXCERPTS, assert_regenerated, excerpt
 
 from dgsct_cli.models.heads.avs import (
     AVS_S4_UNUSED_RELEASE_KEYS,
@@ -63,8 +63,21 @@ def _inputs(losses, make_inputs, case):
         s = losses["inputs_small"]
         return s["pred_logits"], s["gt_5frame"], s["v_map_list"], s["a_fea_list"]
     pred, gt, maps, audio = make_inputs.loss_full_inputs(seed=5)
-    assert hashlib.sha256(pred.numpy().tobytes()).hexdigest() == losses["inputs_full_sha256"]["pred"]
+    assert_regenerated(excerpt(pred), EXCERPTS["avs/losses.pt:pred"])
+    assert_regenerated(excerpt(gt), EXCERPTS["avs/losses.pt:gt"])
     return pred, gt, maps, audio
+
+
+# Losses and gradients against the release's: float sums and logs whose last bits differ between
+# CPUs and thread counts; the drift measured and the tolerances chosen are in tests/fixtures/README.md.
+LOSS_TOL = {"rtol": 1e-5, "atol": 1e-7}
+GRAD_TOL = {"rtol": 1e-4, "atol": 1e-9}
+
+
+def _close(got, want, **tol) -> None:
+    torch.testing.assert_close(
+        torch.as_tensor(got), torch.as_tensor(want).to(torch.as_tensor(got).dtype), **(tol or LOSS_TOL)
+    )
 
 
 @pytest.mark.parametrize("case", ["small", "full"])
@@ -74,10 +87,10 @@ def test_s4_loss_is_the_first_frame_bce(losses, make_inputs, case):
     masks = gt.view(-1, 5, *gt.shape[-2:])
     total = avs_total_loss(_outputs(pred, maps, audio), {"masks": masks}, AVSLossConfig())
     ref = losses["s4"][case]
-    assert total.item() == ref["total"].item()
+    _close(total, ref["total"])
     if case == "small":
         (grad,) = torch.autograd.grad(total, pred)
-        assert torch.equal(grad, ref["grad_pred"])
+        _close(grad, ref["grad_pred"], **GRAD_TOL)
 
 
 @pytest.mark.parametrize("case", ["small", "full"])
@@ -91,18 +104,18 @@ def test_ms3_loss_is_bce_plus_half_the_kl_avm(losses, make_inputs, case):
     ref = losses["ms3"][case]
     terms = avs_loss_terms(out, batch, AVSMS3LossConfig())
     total = avs_total_loss(out, batch, AVSMS3LossConfig())
-    assert terms["bce"].item() == pytest.approx(ref["loss_dict"]["iou_loss"], abs=1e-6)
-    assert terms["avm"].item() == ref["loss_dict"]["sa_loss"]
-    assert total.item() == ref["total"].item()
+    _close(terms["bce"], ref["loss_dict"]["iou_loss"])
+    _close(terms["avm"], ref["loss_dict"]["sa_loss"])
+    _close(total, ref["total"])
     per_stage = torch.stack([avm_kl_loss(pred, maps, audio, [s]) for s in range(4)])
-    assert torch.equal(per_stage, ref["avm_kl_per_stage"])
+    _close(per_stage, ref["avm_kl_per_stage"])
     grads = torch.autograd.grad(total, [pred, *maps, *audio])
     for got, want in zip(grads[5:], ref["grad_afea"]):
-        assert torch.equal(got, want)
+        _close(got, want, **GRAD_TOL)
     if case == "small":
-        assert torch.equal(grads[0], ref["grad_pred"])
+        _close(grads[0], ref["grad_pred"], **GRAD_TOL)
         for got, want in zip(grads[1:5], ref["grad_vmaps"]):
-            assert torch.equal(got, want)
+            _close(got, want, **GRAD_TOL)
 
 
 def test_s4_optional_cosine_avm(losses):
@@ -111,8 +124,8 @@ def test_s4_optional_cosine_avm(losses):
     cfg = AVSLossConfig(avm="cosine", avm_weight=1.0)
     out = _outputs(s["pred_logits"], s["v_map_list"], s["a_fea_list"])
     batch = {"masks": s["gt_5frame"].view(2, 5, 32, 32)}
-    assert avs_loss_terms(out, batch, cfg)["avm"].item() == ref["loss_dict"]["sa_loss"]
-    assert avs_total_loss(out, batch, cfg).item() == ref["total"].item()
+    _close(avs_loss_terms(out, batch, cfg)["avm"], ref["loss_dict"]["sa_loss"])
+    _close(avs_total_loss(out, batch, cfg), ref["total"])
 
 
 def test_all_frames_bce_refuses_first_frame_only_masks():
@@ -147,13 +160,15 @@ def reference_head(detfill):
 def _decoder(setting: str, run: str, reference_head, make_inputs):
     ref = torch.load(AVS / f"decoder_{setting}.pt", weights_only=True)
     head, weights = reference_head
-    for k, v in weights.items():
-        assert hashlib.sha256(v.numpy().tobytes()).hexdigest() == ref["meta"]["weight_sha256"][k], k
+    # detfill's weights are the reference's up to torch.randn's per-CPU drift, so their stored
+    # SHA-256s are not compared (tests/fixtures/README.md); the outputs below check them.
+    assert set(weights) == set(ref["meta"]["weight_sha256"])
     head.temporal_attn.gamma = ref["meta"]["gamma_per_run"][run]  # the recipe's model.head.gamma
     batch = 2 if run.startswith("B2") else 1
     stages, audio = make_inputs.decoder_inputs(batch, seed=11)
-    shas = [hashlib.sha256(s.numpy().tobytes()).hexdigest() for s in stages]
-    assert shas == ref["inputs"][f"B{batch}"]["multi_scale_sha256"]
+    for i, s in enumerate(stages):
+        assert_regenerated(excerpt(s), EXCERPTS[f"avs/decoder:B{batch}:stage{i}"])
+    assert_regenerated(excerpt(audio), EXCERPTS[f"avs/decoder:B{batch}:audio"])
     trace: dict = {}
     with torch.no_grad():
         out = head.decode(stages, audio, trace=trace)
