@@ -71,7 +71,7 @@ def _inputs(losses, make_inputs, case):
 # Losses and gradients against the release's: float sums and logs whose last bits differ between
 # CPUs and thread counts; the drift measured and the tolerances chosen are in tests/fixtures/README.md.
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-7}
-GRAD_TOL = {"rtol": 1e-4, "atol": 1e-9}
+GRAD_TOL = {"rtol": 1e-4, "atol": 3e-9}
 
 
 def _close(got, want, **tol) -> None:
@@ -179,9 +179,14 @@ def _sum_hw(x: torch.Tensor) -> torch.Tensor:
     return x.double().sum((-2, -1)).float()
 
 
-# Tolerances: the stage maps and gates agree to ~1e-6; the logits (up to 7.4) to ~1.2e-5, the same
-# size as the release's own change between batch 1 and 2 (1.26e-5, float summation order). The
-# 15,680 x 15,680 TPAVI product is not what sets it: materialising it gives the same 1.2e-5.
+# Tolerances: float drift, measured across CPUs' kernels, thread counts and oneDNN (tests/fixtures/
+# README.md, "Portability"): the logits (up to 7.4) are up to 2.2e-5 from the reference's, the same
+# size as the release's own change between batch 1 and 2 (1.26e-5, float summation order), the
+# maps and gates up to 9.2e-6. The 15,680 x 15,680 TPAVI product is not what sets it:
+# materialising it gives the same. A wrong scale or a swapped input moves them by 1e-3 and more.
+LOGIT_ATOL, MAP_ATOL = 1e-4, 3e-5
+
+
 @pytest.mark.parametrize(
     "setting, run", [("s4", "B1"), ("ms3", "B1_gamma0.1_train_sh"), ("ms3", "B2_compact_gamma0.1")]
 )
@@ -190,25 +195,25 @@ def test_decoder_matches_the_release(setting, run, reference_head, make_inputs):
     pred = out["mask_logits"]
     assert list(pred.shape) == ref["pred"]["shape"]
     step = 4 if "compact" in run else 2
-    assert torch.allclose(pred[:, :, ::step, ::step], ref["pred"]["sub"], rtol=0, atol=3e-5)
-    assert pred.min().item() == pytest.approx(ref["pred"]["min"], abs=3e-5)
-    assert pred.max().item() == pytest.approx(ref["pred"]["max"], abs=3e-5)
-    assert torch.allclose(trace["audio_linear_out"], ref["audio_linear_out"]["full"], rtol=0, atol=1e-5)
-    assert torch.allclose(trace["ta_out_audio"], ref["ta_out_audio"]["full"], rtol=0, atol=1e-5)
+    assert torch.allclose(pred[:, :, ::step, ::step], ref["pred"]["sub"], rtol=0, atol=LOGIT_ATOL)
+    assert pred.min().item() == pytest.approx(ref["pred"]["min"], abs=LOGIT_ATOL)
+    assert pred.max().item() == pytest.approx(ref["pred"]["max"], abs=LOGIT_ATOL)
+    assert torch.allclose(trace["audio_linear_out"], ref["audio_linear_out"]["full"], rtol=0, atol=MAP_ATOL)
+    assert torch.allclose(trace["ta_out_audio"], ref["ta_out_audio"]["full"], rtol=0, atol=MAP_ATOL)
     gates = (
         ref["audio_gates_timefirst"].permute(0, 2, 1, 3).reshape(4, -1)
     )  # [stage, T, B, 1] -> [stage, B*T]
-    assert torch.allclose(trace["gates"]["audio"], gates, rtol=0, atol=1e-5)
+    assert torch.allclose(trace["gates"]["audio"], gates, rtol=0, atol=MAP_ATOL)
     for i in range(4):
         a_ref = ref["a_fea_list"][i]
         a_ref = a_ref["full"] if isinstance(a_ref, dict) else a_ref
-        assert torch.allclose(out[f"tpavi_audio_{i}"], a_ref, rtol=0, atol=1e-5)
+        assert torch.allclose(out[f"tpavi_audio_{i}"], a_ref, rtol=0, atol=MAP_ATOL)
         maps, maps_ref = out[f"feature_map_{i}"], ref["feature_map_list_returned"][i]
         assert (maps >= 0).all()  # the returned maps are ReLU(TPAVI z)
         assert torch.allclose(_sum_hw(maps), maps_ref["sum_hw_f32"], rtol=1e-5, atol=5e-4)
         if "sub" in maps_ref:
             s = max(1, maps.shape[-1] // 14)
-            assert torch.allclose(maps[:, ::32, ::s, ::s], maps_ref["sub"], rtol=0, atol=1e-5)
+            assert torch.allclose(maps[:, ::32, ::s, ::s], maps_ref["sub"], rtol=0, atol=MAP_ATOL)
         if "tpavi_z" in ref:
             assert torch.allclose(
                 _sum_hw(trace["tpavi_z"][i]), ref["tpavi_z"][i]["sum_hw_f32"], rtol=1e-5, atol=5e-4
@@ -216,7 +221,7 @@ def test_decoder_matches_the_release(setting, run, reference_head, make_inputs):
     if run == "B1":
         # MS3 with its test script's gamma (0.05) is S4's decoder: the same output.
         ms3 = torch.load(AVS / "decoder_ms3.pt", weights_only=True)["B1_gamma0.05_test_sh_compact"]
-        assert torch.allclose(pred[:, :, ::4, ::4], ms3["pred"]["sub"], rtol=0, atol=3e-5)
+        assert torch.allclose(pred[:, :, ::4, ::4], ms3["pred"]["sub"], rtol=0, atol=LOGIT_ATOL)
 
 
 # -- release layouts --------------------------------------------------------------------------

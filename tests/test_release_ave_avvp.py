@@ -185,7 +185,8 @@ def test_htsat_log_mel_and_wav2img_match_the_release(front_end):
     # torchlibrosa's float32 STFT-by-convolution and ours agree to a few 1e-4 dB.
     torch.testing.assert_close(log_mel, want["logmel"], rtol=0, atol=2e-3)
     torch.testing.assert_close(after_bn0, want["after_bn0"], rtol=0, atol=2e-3)
-    torch.testing.assert_close(image, want["wav2img"], rtol=0, atol=1e-5)
+    # wav2img resamples (bicubic): 2.7e-5 apart on torch's scalar kernels (tests/fixtures/README.md).
+    torch.testing.assert_close(image, want["wav2img"], rtol=0, atol=1e-4)
 
 
 # -- AVVP parsing scores and loss ------------------------------------------------------------------

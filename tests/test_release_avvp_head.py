@@ -148,7 +148,10 @@ OUTPUTS = {
 def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:
     ref = ref.squeeze(1) if ref.dim() == 4 and ref.shape[1] == 1 else ref
     assert ours.shape == ref.shape
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # Float drift: up to 1.6e-5 against the reference across CPUs, thread counts and oneDNN
+    # (tests/fixtures/README.md, "Portability"); a wrong scale or a swapped input moves these
+    # values by 1e-3 and more.
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=5e-5)
 
 
 @pytest.mark.parametrize("stage", STAGES)
