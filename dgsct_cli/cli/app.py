@@ -79,7 +79,7 @@ def recipes_list() -> None:
     builtin = builtin_recipe_dir().resolve()
     for path in sorted(set(recipe_files()), key=lambda p: p.name):
         try:
-            task = str(read_yaml(path).get("task", "ave"))
+            task = str(read_yaml(path).get("task", "-"))  # "-": the default task
         except RecipeError:
             task = "(unreadable)"
         where = "built-in" if path.resolve().parent == builtin else str(path)
