@@ -29,6 +29,7 @@ from .factory import create_model, ensure_data, ensure_files, open_split
 from .models.dgsct import DGSCTModel
 from .runtime import (
     apply_compile_regions,
+    apply_threads,
     autocast_for,
     configure_runtime,
     resolve_device,
@@ -214,6 +215,7 @@ def run_bench(
             f"building {recipe.name or recipe.task} ({'random' if random_init else 'recipe'} weights)"
         )
     model: DGSCTModel = create_model(recipe.task, cfg, load_encoder_weights=not random_init).to(dev)
+    apply_threads(model, recipe.runtime.threads)
     cfg = model.cfg  # the head's class count resolved
     model.train(train)
     regions = compile_regions or recipe.train.compile_regions

@@ -10,16 +10,14 @@ or weights are read.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .models.dgsct import ModelConfig, resolve_family_sections
+from .recipe_files import _one_line, builtin_recipe_dir, find_recipe, read_yaml, recipe_files
 from .schema import Annotated, OneOf, Range, RecipeError, build_dataclass, to_dict
 
 __all__ = [
@@ -28,6 +26,7 @@ __all__ = [
     "ParamGroup",
     "Recipe",
     "RecipeError",
+    "RuntimeConfig",
     "SchedulerConfig",
     "TrainConfig",
     "builtin_recipe_dir",
@@ -125,55 +124,27 @@ class TrainConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Recipe section ``runtime``: how the process runs (not what it computes)."""
+
+    # torch's intra-op threads; None: 1 for tiny models, every usable core for full-size ones
+    # (runtime.plan_threads), or OMP_NUM_THREADS when that is set.
+    threads: Annotated[int, Range(1)] | None = None
+
+
+@dataclass
 class Recipe:
     task: str = "ave"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     loss: Any = None  # typed by the task's loss config
     name: str = ""
     source: str = ""  # where the recipe was read from (informational)
 
 
 # -- where recipes are ---------------------------------------------------------------------------
-
-
-def builtin_recipe_dir() -> Path:
-    """The recipes shipped inside the package."""
-    return Path(str(resources.files("dgsct_cli") / "recipes"))
-
-
-def recipe_files() -> list[Path]:
-    """The built-in recipes and those in ``./recipes`` (each file once, built-ins first)."""
-    seen: set[Path] = set()
-    out = []
-    for folder in (builtin_recipe_dir(), Path("recipes")):
-        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            real = path.resolve()
-            if real not in seen:
-                seen.add(real)
-                out.append(path)
-    return out
-
-
-def find_recipe(name_or_path: str) -> Path:
-    """A path to a file, or a recipe name (``ave``, ``ave.yaml``) looked up in ``./recipes`` and
-    among the built-in recipes."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        raise RecipeError(f"{name_or_path}: is a folder, not a recipe file")
-    stem = p.name[: -len(".yaml")] if p.name.endswith((".yaml", ".yml")) else p.name
-    if p.parent == Path("."):
-        for folder in (Path("recipes"), builtin_recipe_dir()):
-            for candidate in (folder / f"{stem}.yaml", folder / f"{stem}.yml"):
-                if candidate.is_file():
-                    return candidate
-    known = sorted({x.stem for x in recipe_files()})
-    close = difflib.get_close_matches(stem, known, n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise RecipeError(f"{name_or_path}: recipe not found{hint}; known recipes: {', '.join(known) or 'none'}")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -208,10 +179,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     """Resolve a recipe mapping into a typed :class:`Recipe` (every section typed and checked)."""
     from .tasks.base import get_task
@@ -235,23 +202,6 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if not isinstance(recipe.loss, task.loss_config):
         recipe.loss = build_dataclass(task.loss_config, recipe.loss, "loss", where)
     return recipe
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot be read ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({_one_line(exc)})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping at the top level")
-    return raw
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:

@@ -85,8 +85,13 @@ def create_model(
 def build_model(
     recipe: Recipe, data: DataInfo | None = None, load_encoder_weights: bool = True
 ) -> DGSCTModel:
-    """``create_model`` for a recipe."""
-    return create_model(recipe.task, recipe.model, load_encoder_weights=load_encoder_weights, data=data)
+    """``create_model`` for a recipe, with torch's thread count set for its size
+    (``runtime.threads`` overrides; :func:`dgsct_cli.runtime.plan_threads`)."""
+    from .runtime import apply_threads
+
+    model = create_model(recipe.task, recipe.model, load_encoder_weights=load_encoder_weights, data=data)
+    apply_threads(model, recipe.runtime.threads)
+    return model
 
 
 def require_data_folder(path: str | Path) -> None:
@@ -182,19 +187,19 @@ def ensure_data(
     task = get_task(recipe.task)
     default_location = Path(recipe.data.path) == data_dir
     if not (synthetic or (recipe.data.synthetic_if_missing and default_location)):
+        # A command that runs as printed: --root names the downloaded dataset; --synthetic instead
+        # writes a small stand-in.
+        how = (
+            f"run 'dgsct prepare {task.prepare_hint()} --root ROOT --out {data_dir}' first (ROOT: the "
+            f"downloaded dataset), or 'dgsct prepare {task.prepare_hint()} --synthetic --out {data_dir}' "
+            "for a small synthetic stand-in"
+        )
         if not data_dir.exists():
-            raise ValueError(
-                f"{data_dir}: data folder does not exist; run 'dgsct prepare {task.prepare_hint()} "
-                f"--out {data_dir}' first"
-            )
-        raise ValueError(
-            f"{data_dir}: no prepared dataset here ({MANIFEST_NAME} missing); run "
-            f"'dgsct prepare {task.prepare_hint()} --out {data_dir}' first"
-        )
+            raise ValueError(f"{data_dir}: data folder does not exist; {how}")
+        raise ValueError(f"{data_dir}: no prepared dataset here ({MANIFEST_NAME} missing); {how}")
     if console is not None and show_progress:
-        console.print(
-            f"[cyan]{data_dir}: writing and preparing a synthetic {task.name.upper()} dataset there"
-        )
+        dataset = (task.datasets[0] if task.datasets else task.name).upper()
+        console.print(f"[cyan]{data_dir}: writing and preparing a synthetic {dataset} dataset there")
     task.write_synthetic(
         data_dir,
         videos=recipe.data.synthetic_videos,

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from .atomic import atomic_write_json, check_writable
 from .config import Recipe, load_recipe
+from .runtime import apply_threads
 from .tasks.base import get_task
 
 __all__ = ["parse_shots", "plot_sweep", "run_fewshot", "run_sweep", "run_zero_shot", "with_protocol"]
@@ -288,6 +289,7 @@ def zero_shot_model(
     # Every weight is class-agnostic (the prompts' token ids are not weights): a strict copy.
     model.load_state_dict(source.state_dict(), strict=True)
     del source
+    apply_threads(model, target_recipe.runtime.threads)
     model.eval()
     if protocol == "release":
         # zero_shot_model.py:53 builds a new PromptLearner: the learned context is not used.

@@ -13,10 +13,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "release"
 DATA = REPO / "tests" / "fixtures" / "data"  # real annotation files (no media)
+# Values of the regenerated inputs that references were made from (tests/fixtures/release/excerpts.py).
+EXCERPTS: dict[str, torch.Tensor] = torch.load(FIXTURES / "excerpts.pt", weights_only=True)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two workers on two cores: one intra-op thread each, or they oversubscribe and spin.
+    # Two workers on two cores: one intra-op thread each, or they oversubscribe and spin
+    # (OMP_NUM_THREADS also holds the models that dgsct builds to it: runtime.apply_threads).
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +42,22 @@ def release_state_dict_from_shapes(shapes_file: Path, seed: int = 0) -> dict[str
         else:
             state[key] = torch.randn(shape, generator=g) * 0.02
     return state
+
+
+def excerpt(tensor: torch.Tensor, count: int = 64) -> torch.Tensor:
+    """``count`` values spread evenly over ``tensor`` (the rule of tests/fixtures/release/excerpts.py)."""
+    flat = tensor.detach().flatten()
+    return flat[:: max(1, flat.numel() // count)][:count]
+
+
+def assert_regenerated(values: torch.Tensor, stored: torch.Tensor, atol: float = 1e-5) -> None:
+    """A seeded input regenerated here is the one a reference was made from, up to float drift.
+
+    ``torch.randn`` fills float tensors through a vectorised path on AVX2/AVX-512 and a scalar one
+    elsewhere (aarch64, ``ATEN_CPU_CAPABILITY=default``); their values differ by up to 2.2e-6, so a
+    regenerated input is compared with stored values of it (``excerpt``), never hashed
+    (tests/fixtures/README.md, "Portability")."""
+    torch.testing.assert_close(values.flatten(), stored.flatten().to(values.dtype), rtol=0.0, atol=atol)
 
 
 # ImageNet statistics: the swinv2-htsat family's frame normalisation (datasets take them as arguments).

@@ -6,14 +6,13 @@ release-layout state dicts."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import EXCERPTS, FIXTURES, assert_regenerated, excerpt
 
 from dgsct_cli.data.avqa import ANSWER_VOCAB, QUESTION_TYPES
 from dgsct_cli.models.heads.avqa import (
@@ -34,6 +33,7 @@ from dgsct_cli.tasks.avqa import (
 
 HERE = FIXTURES / "avqa"
 TOL = {"rtol": 1e-5, "atol": 1e-5}
+INPUT_TOL = {"rtol": 0.0, "atol": 1e-5}  # regenerated inputs: see tests/fixtures/README.md
 
 
 def _module(path: Path, name: str):
@@ -51,15 +51,13 @@ def _load(name: str) -> dict:
     return torch.load(HERE / name, weights_only=True)
 
 
-def _sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
-
-
 def _head_weights(ref: dict, keys) -> dict[str, torch.Tensor]:
+    # detfill's values are the reference's up to torch.randn's per-CPU drift (tests/fixtures/README.md),
+    # so their stored SHA-256s are not compared; the outputs below check them.
     out = {}
     for key in keys:
         out[key] = detfill.fill(key, ref["weight_shapes"][key])
-        assert _sha(out[key]) == ref["weight_sha256"][key], key
+        assert list(out[key].shape) == list(ref["weight_shapes"][key]), key
     return out
 
 
@@ -77,17 +75,15 @@ def _load_head(head: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[
 @pytest.fixture(scope="module")
 def avst_run():
     ref = _load("avst_head.pt")
-    f_v, visual_nega, f_a, f_a_maps = make_inputs.head_inputs()
-    sha = ref["inputs"]["generated_sha256"]
-    for name, t in (
-        ("f_v", f_v),
-        ("visual_nega", visual_nega),
-        ("f_a", f_a),
-        ("f_a_spatial_att_maps", f_a_maps),
-    ):
-        assert _sha(t) == sha[name], name
-    audio = torch.bmm(f_a_maps, f_a).squeeze(1)  # what our encoder pools (net_avst.py:515)
-    torch.testing.assert_close(audio, ref["inputs"]["audio_pooled"], rtol=0, atol=0)
+    f_v, visual_nega, f_a, _ = make_inputs.head_inputs()
+    stored = ref["inputs"]
+    assert_regenerated(f_v[0, 0, :8], stored["f_v_first_row"])
+    assert_regenerated(visual_nega[0, 0, :8], stored["visual_nega_first_row"])
+    # The audio map is a softmax, whose bits differ between CPUs: the stored map and the stored
+    # pooled audio are the inputs; our encoder's pooling (net_avst.py:515) is checked against them.
+    f_a_maps = stored["f_a_spatial_att_maps"]
+    torch.testing.assert_close(torch.bmm(f_a_maps, f_a).squeeze(1), stored["audio_pooled"], **INPUT_TOL)
+    audio = stored["audio_pooled"]
 
     head = AVSTHead(1536, 768, num_answers=42, vocab_size=93).eval()
     dropped = _load_head(head, _head_weights(ref, ref["head_weight_keys"]))
@@ -177,17 +173,14 @@ def test_avst_question_temporal_attention_and_fusion_match_the_release(avst_run)
 def test_grounding_head_matches_the_release():
     ref = _load("grounding.pt")
     f_a, posi, nega = make_inputs.grounding_inputs()
-    sha = ref["head"]["inputs"]
-    assert (_sha(f_a), _sha(posi), _sha(nega)) == (
-        sha["f_a_sha256"],
-        sha["visual_posi_sha256"],
-        sha["visual_nega_sha256"],
-    )
+    for name, t in (("f_a", f_a), ("visual_posi", posi), ("visual_nega", nega)):
+        assert_regenerated(excerpt(t), EXCERPTS[f"avqa/grounding.pt:{name}"])
     head = GroundingHead(1536, 768).eval()
     assert _load_head(head, _head_weights(ref, ref["head_weight_keys"])) == []
-    # The plain encoders' audio: a mean over the final tokens, no norm (nets_grd_gen.py:153).
-    audio = f_a.mean(1)
-    torch.testing.assert_close(audio, ref["head"]["intermediates"]["audio_pooled"], rtol=0, atol=0)
+    # The plain encoders' audio: a mean over the final tokens, no norm (nets_grd_gen.py:153); the
+    # stored mean is the head's input.
+    audio = ref["head"]["intermediates"]["audio_pooled"]
+    torch.testing.assert_close(f_a.mean(1), audio, **INPUT_TOL)
     with torch.no_grad():
         out = head(EncoderOutput(visual=None, audio=audio[:, None], visual_tokens=posi), negative_frames=nega)
         a = head.audio_mlp(audio)

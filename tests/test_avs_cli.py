@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 
 import pytest
 import torch
@@ -230,4 +231,19 @@ def test_missing_data_names_the_prepare_command_that_makes_it(tmp_path, recipe, 
     result = CliRunner().invoke(
         app, ["train", "--recipe", recipe, "--data", str(missing), "--output", str(tmp_path / "r"), *files]
     )
-    assert result.exit_code == 1 and f"run 'dgsct prepare {hint} --out {missing}' first" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert (
+        result.exit_code == 1 and f"run 'dgsct prepare {hint} --root ROOT --out {missing}' first" in message
+    )
+    assert f"'dgsct prepare {hint} --synthetic --out {missing}'" in message
+    # Both commands parse as printed (ROOT stands for a folder): every option exists, none is missing.
+    import click
+    import typer
+
+    from dgsct_cli.cli.prepare_cmd import prepare_app
+
+    group = typer.main.get_command(prepare_app)
+    for command in re.findall(r"'dgsct prepare ([^']+)'", message):
+        name, *args = shlex.split(command.replace("ROOT", str(tmp_path)))
+        sub = group.get_command(click.Context(group), name)
+        sub.make_context(name, args)

@@ -1,19 +1,28 @@
 """AVS metrics against the release's own mask_iou / Eval_Fmeasure (tests/fixtures/release/avs/metrics.pt),
-bit for bit, and the test.py batching (groups of 4 videos in CSV order, whatever the loader's batch)."""
+to float drift (METRIC_TOL), and the test.py batching (groups of 4 videos in CSV order, whatever the loader's batch)."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXCERPTS, assert_regenerated, excerpt
 
 from dgsct_cli.tasks.avs import AVSEvaluator
 from dgsct_cli.tasks.avs_metrics import f_measure, f_measure_curve, mask_iou, thresholds
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "release" / "avs"
+# Means of per-frame ratios: their last bits depend on the CPU's summation order (measured drift and
+# the choice in tests/fixtures/README.md). One pixel more or less in a 224 x 224 frame moves a
+# frame's IoU by >= 2e-5 and a split's mean by >= 4e-7.
+METRIC_TOL = {"rtol": 1e-6, "atol": 1e-8}
+
+
+def _close(got, want) -> None:
+    got = torch.as_tensor(got, dtype=torch.float64)
+    torch.testing.assert_close(got, torch.as_tensor(want, dtype=torch.float64), **METRIC_TOL)
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +40,15 @@ def make_inputs():
 @pytest.fixture(scope="module")
 def split(ref):
     gt, logits = make_inputs().split_inputs(seed=2024)
-    assert hashlib.sha256(gt.numpy().tobytes()).hexdigest() == ref["split_sha256"]["gt_f32"]
-    assert hashlib.sha256(logits.numpy().tobytes()).hexdigest() == ref["split_sha256"]["logits_f32"]
+    assert_regenerated(excerpt(gt), EXCERPTS["avs/metrics.pt:gt"])
+    assert_regenerated(excerpt(logits), EXCERPTS["avs/metrics.pt:logits"])
     return gt, logits
 
 
 def test_thresholds_are_the_release_ones(ref):
     th = thresholds()
-    assert torch.equal(th, ref["thresholds_cpu"]) and th[-1].item() == 1.0
+    _close(th, ref["thresholds_cpu"])
+    assert th[-1].item() == 1.0
 
 
 @pytest.mark.parametrize(
@@ -54,19 +64,20 @@ def test_thresholds_are_the_release_ones(ref):
         "all_empty_gt_all_empty_pred",
     ],
 )
-def test_hand_made_batches_match_the_release_exactly(ref, case):
+def test_hand_made_batches_match_the_release(ref, case):
     c = ref["hand"][case]
     logits, gt = c["pred_logits"], c["gt"].float()
     iou = mask_iou(logits, gt)
-    assert iou.dtype == torch.float32 and iou.item() == c["miou"].item()
-    assert f_measure(logits, gt) == c["F"]
+    assert iou.dtype == torch.float32
+    _close(iou, c["miou"])
+    _close(f_measure(logits, gt), c["F"])
     curve = f_measure_curve(logits, gt)
     if curve is None:  # no frame with a mask: F = 0
         assert c["F"] == 0.0
     else:
-        assert torch.equal(curve, c["F_curve"])
+        _close(curve, c["F_curve"])
     per_frame = torch.stack([mask_iou(logits[i : i + 1], gt[i : i + 1]) for i in range(len(gt))])
-    assert torch.equal(per_frame, c["per_frame_iou"])
+    _close(per_frame, c["per_frame_iou"])
 
 
 def test_empty_truth_scores_the_pixels_left_empty():
@@ -93,10 +104,11 @@ def test_split_is_scored_in_batches_of_four_videos_whatever_the_loader(ref, spli
     bs4 = ref["split_test_bs4"]
     evaluator = AVSEvaluator()
     metrics = _feed(evaluator, gt, logits, loader_batch)
-    assert [b["miou"] for b in evaluator.per_batch] == bs4["batch_miou"].tolist()
-    assert [b["fscore"] for b in evaluator.per_batch] == bs4["batch_F"].tolist()
-    assert metrics["miou_fraction"] == bs4["final_miou_item"] == bs4["final_miou_f32"].item()
-    assert metrics["fscore_fraction"] == bs4["final_F"]
+    _close([b["miou"] for b in evaluator.per_batch], bs4["batch_miou"])
+    _close([b["fscore"] for b in evaluator.per_batch], bs4["batch_F"])
+    assert bs4["final_miou_item"] == bs4["final_miou_f32"].item()
+    _close(metrics["miou_fraction"], bs4["final_miou_item"])
+    _close(metrics["fscore_fraction"], bs4["final_F"])
     # Batch 3 holds video 8 alone, whose masks are all empty: F = 0, and it still counts.
     assert evaluator.per_batch[-1]["fscore"] == 0.0 and metrics["num_batches"] == 3
     assert metrics["miou"] == pytest.approx(100 * bs4["final_miou_item"])
@@ -107,8 +119,8 @@ def test_train_time_validation_grouping_one_video(ref, split):
     gt, logits = split
     bs1 = ref["split_val_bs1"]
     metrics = _feed(AVSEvaluator(videos_per_batch=1), gt, logits, 2)
-    assert metrics["miou_fraction"] == bs1["final_miou_item"]
-    assert metrics["fscore_fraction"] == bs1["final_F"]
+    _close(metrics["miou_fraction"], bs1["final_miou_item"])
+    _close(metrics["fscore_fraction"], bs1["final_F"])
 
 
 def test_a_split_with_first_frame_masks_only_is_refused():

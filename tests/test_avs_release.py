@@ -4,7 +4,6 @@ weights, and the released S4/MS3 state-dict layouts."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXCERPTS, assert_regenerated, excerpt
 
 from dgsct_cli.models.heads.avs import (
     AVS_S4_UNUSED_RELEASE_KEYS,
@@ -63,8 +63,21 @@ def _inputs(losses, make_inputs, case):
         s = losses["inputs_small"]
         return s["pred_logits"], s["gt_5frame"], s["v_map_list"], s["a_fea_list"]
     pred, gt, maps, audio = make_inputs.loss_full_inputs(seed=5)
-    assert hashlib.sha256(pred.numpy().tobytes()).hexdigest() == losses["inputs_full_sha256"]["pred"]
+    assert_regenerated(excerpt(pred), EXCERPTS["avs/losses.pt:pred"])
+    assert_regenerated(excerpt(gt), EXCERPTS["avs/losses.pt:gt"])
     return pred, gt, maps, audio
+
+
+# Losses and gradients against the release's: float sums and logs whose last bits differ between
+# CPUs and thread counts; the drift measured and the tolerances chosen are in tests/fixtures/README.md.
+LOSS_TOL = {"rtol": 1e-5, "atol": 1e-7}
+GRAD_TOL = {"rtol": 1e-4, "atol": 3e-9}
+
+
+def _close(got, want, **tol) -> None:
+    torch.testing.assert_close(
+        torch.as_tensor(got), torch.as_tensor(want).to(torch.as_tensor(got).dtype), **(tol or LOSS_TOL)
+    )
 
 
 @pytest.mark.parametrize("case", ["small", "full"])
@@ -74,10 +87,10 @@ def test_s4_loss_is_the_first_frame_bce(losses, make_inputs, case):
     masks = gt.view(-1, 5, *gt.shape[-2:])
     total = avs_total_loss(_outputs(pred, maps, audio), {"masks": masks}, AVSLossConfig())
     ref = losses["s4"][case]
-    assert total.item() == ref["total"].item()
+    _close(total, ref["total"])
     if case == "small":
         (grad,) = torch.autograd.grad(total, pred)
-        assert torch.equal(grad, ref["grad_pred"])
+        _close(grad, ref["grad_pred"], **GRAD_TOL)
 
 
 @pytest.mark.parametrize("case", ["small", "full"])
@@ -91,18 +104,18 @@ def test_ms3_loss_is_bce_plus_half_the_kl_avm(losses, make_inputs, case):
     ref = losses["ms3"][case]
     terms = avs_loss_terms(out, batch, AVSMS3LossConfig())
     total = avs_total_loss(out, batch, AVSMS3LossConfig())
-    assert terms["bce"].item() == pytest.approx(ref["loss_dict"]["iou_loss"], abs=1e-6)
-    assert terms["avm"].item() == ref["loss_dict"]["sa_loss"]
-    assert total.item() == ref["total"].item()
+    _close(terms["bce"], ref["loss_dict"]["iou_loss"])
+    _close(terms["avm"], ref["loss_dict"]["sa_loss"])
+    _close(total, ref["total"])
     per_stage = torch.stack([avm_kl_loss(pred, maps, audio, [s]) for s in range(4)])
-    assert torch.equal(per_stage, ref["avm_kl_per_stage"])
+    _close(per_stage, ref["avm_kl_per_stage"])
     grads = torch.autograd.grad(total, [pred, *maps, *audio])
     for got, want in zip(grads[5:], ref["grad_afea"]):
-        assert torch.equal(got, want)
+        _close(got, want, **GRAD_TOL)
     if case == "small":
-        assert torch.equal(grads[0], ref["grad_pred"])
+        _close(grads[0], ref["grad_pred"], **GRAD_TOL)
         for got, want in zip(grads[1:5], ref["grad_vmaps"]):
-            assert torch.equal(got, want)
+            _close(got, want, **GRAD_TOL)
 
 
 def test_s4_optional_cosine_avm(losses):
@@ -111,8 +124,8 @@ def test_s4_optional_cosine_avm(losses):
     cfg = AVSLossConfig(avm="cosine", avm_weight=1.0)
     out = _outputs(s["pred_logits"], s["v_map_list"], s["a_fea_list"])
     batch = {"masks": s["gt_5frame"].view(2, 5, 32, 32)}
-    assert avs_loss_terms(out, batch, cfg)["avm"].item() == ref["loss_dict"]["sa_loss"]
-    assert avs_total_loss(out, batch, cfg).item() == ref["total"].item()
+    _close(avs_loss_terms(out, batch, cfg)["avm"], ref["loss_dict"]["sa_loss"])
+    _close(avs_total_loss(out, batch, cfg), ref["total"])
 
 
 def test_all_frames_bce_refuses_first_frame_only_masks():
@@ -147,13 +160,15 @@ def reference_head(detfill):
 def _decoder(setting: str, run: str, reference_head, make_inputs):
     ref = torch.load(AVS / f"decoder_{setting}.pt", weights_only=True)
     head, weights = reference_head
-    for k, v in weights.items():
-        assert hashlib.sha256(v.numpy().tobytes()).hexdigest() == ref["meta"]["weight_sha256"][k], k
+    # detfill's weights are the reference's up to torch.randn's per-CPU drift, so their stored
+    # SHA-256s are not compared (tests/fixtures/README.md); the outputs below check them.
+    assert set(weights) == set(ref["meta"]["weight_sha256"])
     head.temporal_attn.gamma = ref["meta"]["gamma_per_run"][run]  # the recipe's model.head.gamma
     batch = 2 if run.startswith("B2") else 1
     stages, audio = make_inputs.decoder_inputs(batch, seed=11)
-    shas = [hashlib.sha256(s.numpy().tobytes()).hexdigest() for s in stages]
-    assert shas == ref["inputs"][f"B{batch}"]["multi_scale_sha256"]
+    for i, s in enumerate(stages):
+        assert_regenerated(excerpt(s), EXCERPTS[f"avs/decoder:B{batch}:stage{i}"])
+    assert_regenerated(excerpt(audio), EXCERPTS[f"avs/decoder:B{batch}:audio"])
     trace: dict = {}
     with torch.no_grad():
         out = head.decode(stages, audio, trace=trace)
@@ -164,9 +179,14 @@ def _sum_hw(x: torch.Tensor) -> torch.Tensor:
     return x.double().sum((-2, -1)).float()
 
 
-# Tolerances: the stage maps and gates agree to ~1e-6; the logits (up to 7.4) to ~1.2e-5, the same
-# size as the release's own change between batch 1 and 2 (1.26e-5, float summation order). The
-# 15,680 x 15,680 TPAVI product is not what sets it: materialising it gives the same 1.2e-5.
+# Tolerances: float drift, measured across CPUs' kernels, thread counts and oneDNN (tests/fixtures/
+# README.md, "Portability"): the logits (up to 7.4) are up to 2.2e-5 from the reference's, the same
+# size as the release's own change between batch 1 and 2 (1.26e-5, float summation order), the
+# maps and gates up to 9.2e-6. The 15,680 x 15,680 TPAVI product is not what sets it:
+# materialising it gives the same. A wrong scale or a swapped input moves them by 1e-3 and more.
+LOGIT_ATOL, MAP_ATOL = 1e-4, 3e-5
+
+
 @pytest.mark.parametrize(
     "setting, run", [("s4", "B1"), ("ms3", "B1_gamma0.1_train_sh"), ("ms3", "B2_compact_gamma0.1")]
 )
@@ -175,25 +195,25 @@ def test_decoder_matches_the_release(setting, run, reference_head, make_inputs):
     pred = out["mask_logits"]
     assert list(pred.shape) == ref["pred"]["shape"]
     step = 4 if "compact" in run else 2
-    assert torch.allclose(pred[:, :, ::step, ::step], ref["pred"]["sub"], rtol=0, atol=3e-5)
-    assert pred.min().item() == pytest.approx(ref["pred"]["min"], abs=3e-5)
-    assert pred.max().item() == pytest.approx(ref["pred"]["max"], abs=3e-5)
-    assert torch.allclose(trace["audio_linear_out"], ref["audio_linear_out"]["full"], rtol=0, atol=1e-5)
-    assert torch.allclose(trace["ta_out_audio"], ref["ta_out_audio"]["full"], rtol=0, atol=1e-5)
+    assert torch.allclose(pred[:, :, ::step, ::step], ref["pred"]["sub"], rtol=0, atol=LOGIT_ATOL)
+    assert pred.min().item() == pytest.approx(ref["pred"]["min"], abs=LOGIT_ATOL)
+    assert pred.max().item() == pytest.approx(ref["pred"]["max"], abs=LOGIT_ATOL)
+    assert torch.allclose(trace["audio_linear_out"], ref["audio_linear_out"]["full"], rtol=0, atol=MAP_ATOL)
+    assert torch.allclose(trace["ta_out_audio"], ref["ta_out_audio"]["full"], rtol=0, atol=MAP_ATOL)
     gates = (
         ref["audio_gates_timefirst"].permute(0, 2, 1, 3).reshape(4, -1)
     )  # [stage, T, B, 1] -> [stage, B*T]
-    assert torch.allclose(trace["gates"]["audio"], gates, rtol=0, atol=1e-5)
+    assert torch.allclose(trace["gates"]["audio"], gates, rtol=0, atol=MAP_ATOL)
     for i in range(4):
         a_ref = ref["a_fea_list"][i]
         a_ref = a_ref["full"] if isinstance(a_ref, dict) else a_ref
-        assert torch.allclose(out[f"tpavi_audio_{i}"], a_ref, rtol=0, atol=1e-5)
+        assert torch.allclose(out[f"tpavi_audio_{i}"], a_ref, rtol=0, atol=MAP_ATOL)
         maps, maps_ref = out[f"feature_map_{i}"], ref["feature_map_list_returned"][i]
         assert (maps >= 0).all()  # the returned maps are ReLU(TPAVI z)
         assert torch.allclose(_sum_hw(maps), maps_ref["sum_hw_f32"], rtol=1e-5, atol=5e-4)
         if "sub" in maps_ref:
             s = max(1, maps.shape[-1] // 14)
-            assert torch.allclose(maps[:, ::32, ::s, ::s], maps_ref["sub"], rtol=0, atol=1e-5)
+            assert torch.allclose(maps[:, ::32, ::s, ::s], maps_ref["sub"], rtol=0, atol=MAP_ATOL)
         if "tpavi_z" in ref:
             assert torch.allclose(
                 _sum_hw(trace["tpavi_z"][i]), ref["tpavi_z"][i]["sum_hw_f32"], rtol=1e-5, atol=5e-4
@@ -201,7 +221,7 @@ def test_decoder_matches_the_release(setting, run, reference_head, make_inputs):
     if run == "B1":
         # MS3 with its test script's gamma (0.05) is S4's decoder: the same output.
         ms3 = torch.load(AVS / "decoder_ms3.pt", weights_only=True)["B1_gamma0.05_test_sh_compact"]
-        assert torch.allclose(pred[:, :, ::4, ::4], ms3["pred"]["sub"], rtol=0, atol=3e-5)
+        assert torch.allclose(pred[:, :, ::4, ::4], ms3["pred"]["sub"], rtol=0, atol=LOGIT_ATOL)
 
 
 # -- release layouts --------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def test_prepare_and_train_write_the_expected_files(ws):
         "test": True,
     }
     assert len({s["video_id"] for s in ws.cache.samples}) == 12 and ws.cache.image_size == 64
-    assert "done: 1 epochs" in ws.trained.stdout and str(ws.run) in " ".join(ws.trained.stdout.split())
+    assert "done: 1 epoch," in ws.trained.stdout and str(ws.run) in " ".join(ws.trained.stdout.split())
 
     names = {p.name for p in ws.run.iterdir()}
     assert {
@@ -387,7 +387,7 @@ def test_quiet_train_on_missing_tiny_data_shows_no_progress(ws):
     result = run_cli("--quiet", *args, env=FORCE_TTY, cwd=ws.root)
     assert result.returncode == 0, result.stderr
     assert (data / "manifest.json").is_file() and (run / "last.safetensors").is_file()
-    assert "done: 1 epochs" in result.stdout
+    assert "done: 1 epoch," in result.stdout
     assert "decoding AVE videos" not in result.stderr, result.stderr[:400]
     assert PROGRESS_CHARS not in result.stderr, result.stderr[:400]
 

@@ -30,15 +30,17 @@ def avvp_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_tiny_avvp_recipe_learns_all_three_modalities(avvp_run):
-    """Test segment-level F-scores well above an untrained model's (about 2-4 on this set, where
-    it predicts every class everywhere; predicting nothing scores 0 on visual events)."""
+    """Test F-scores far above an untrained model's: predicting every class in every segment
+    scores 4-5 on this set, random halves 0-3. Measured: segment level 25.4 / 65.4 / 65.4 (audio /
+    visual / audio-visual), event-level Type@AV 56.7."""
     root, data, run = avvp_run
     out = root / "learned.json"
     ok("--quiet", "eval", "--checkpoint", run, "--data", data, "--split", "test", "--json", out)
     scores = json.loads(out.read_text())
-    for key in ("segment_audio", "segment_visual", "segment_av"):
-        assert scores[key] >= 10.0, (key, scores)
-    assert scores["segment_type"] >= 20.0, scores
+    assert scores["segment_visual"] >= 40.0, scores
+    assert scores["segment_av"] >= 40.0, scores
+    assert scores["segment_audio"] >= 15.0, scores  # the audio branch lags (see the CHANGELOG)
+    assert scores["event_type"] >= 30.0, scores
 
 
 @pytest.mark.slow

@@ -466,13 +466,17 @@ def test_full_size_fewshot_model_matches_the_release_forward(model_ref, tmp_path
         out = model(frames=image, audio=wave)
         logmel = model.encoder.audio.compute_log_mel(wave[0, :1])[0, 0]
 
-    def close(ours, theirs, atol=2e-5):
-        torch.testing.assert_close(ours.reshape(theirs.shape), theirs, rtol=1e-5, atol=atol)
+    # Float drift through 12 paired blocks of random weights grows with depth: up to 2.6e-5 from the
+    # reference with this machine's AVX-512 kernels, 3.4e-4 with torch's scalar ones
+    # (tests/fixtures/README.md, "Portability"). A 1% error in any scale, or a swapped input,
+    # moves these values (up to 0.6-16 per tensor) by more than 1e-3.
+    def close(ours, theirs, atol=1e-3):
+        torch.testing.assert_close(ours.reshape(theirs.shape), theirs, rtol=1e-4, atol=atol)
 
     f, logits, scales = ref["features"], ref["logits"], ref["logit_scales"]
     close(model.head.clip_scale(), scales["clip_logit_scale_exp"])  # exp of the file's, not 100
     close(model.head.clap_scale(), scales["clap_logit_scale_a_raw"])
-    close(logmel, f["logmel_seg0"], atol=1e-5)  # the file's (not a recomputed) mel matrix
+    close(logmel, f["logmel_seg0"], atol=1e-4)  # the file's (not a recomputed) mel matrix (3e-5 apart)
     close(out["visual_features"][0], f["clip_visual"])
     close(out["audio_features"][0], f["clap_audio"])
     for i, pair in ref["per_pair"].items():

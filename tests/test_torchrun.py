@@ -45,7 +45,7 @@ def test_torchrun_two_processes_train_and_resume(tmp_path):
     # Rank 0 alone wrote the dataset, the checkpoints and the log; rank 1 printed nothing.
     assert (data / "manifest.json").is_file()
     assert (run / "last.safetensors").is_file() and (run / "trainer_state.pt").is_file()
-    assert first.stdout.count("done: 1 epochs") == 1
+    assert first.stdout.count("done: 1 epoch,") == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
     second = _torchrun(*common, "--resume", "train.epochs=2", cwd=tmp_path)

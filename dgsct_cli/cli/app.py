@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import OPTIONS, command, configure_logging, console, err_console, show_progress
+from .common import OPTIONS, command, configure_logging, console, epochs_done, err_console, show_progress
 
 app = typer.Typer(
     help="DG-SCT for audio-visual downstream tasks: prepare data, train, evaluate, extract, visualise.",
@@ -68,12 +68,22 @@ def _global(
 @recipes_app.command("list")
 @command
 def recipes_list() -> None:
-    """List the recipes in recipes/."""
-    from ..config import load_recipe, recipe_files
+    """List the built-in recipes and those in ./recipes (`recipes show R` resolves one)."""
+    from ..recipe_files import builtin_recipe_dir, read_yaml, recipe_files
+    from ..schema import RecipeError
 
+    # The task is read from the YAML alone (no torch, no validation: `recipes show` checks one);
+    # built-in recipes are not given their install path, so the table fits 80 columns.
     table = Table("recipe", "task", "file")
+    table.columns[2].overflow = "fold"
+    builtin = builtin_recipe_dir().resolve()
     for path in sorted(set(recipe_files()), key=lambda p: p.name):
-        table.add_row(path.stem, load_recipe(str(path)).task, str(path))
+        try:
+            task = str(read_yaml(path).get("task", "-"))  # "-": the default task
+        except RecipeError:
+            task = "(unreadable)"
+        where = "built-in" if path.resolve().parent == builtin else str(path)
+        table.add_row(path.stem, task, where)
     console.print(table)
 
 
@@ -270,7 +280,7 @@ def train(
         return
     best = result["best_metric"]
     console.print(
-        f"done: {result['epochs']} epochs{' (early stop)' if result['stopped_early'] else ''}, best "
+        f"done: {epochs_done(result['epochs'])}{' (early stop)' if result['stopped_early'] else ''}, best "
         f"{trainer.task.selection_metric} {best if best is None else round(best, 2)} "
         f"(epoch {result['best_epoch']}); checkpoints in {output}",
         highlight=False,
@@ -354,7 +364,12 @@ def eval_(
     split: SplitOption = "test",
     json_out: Path | None = typer.Option(None, "--json", help="Write the metrics here (JSON)."),
     recipe: ReleaseRecipeOption = None,
-    batch_size: int | None = typer.Option(None, "--batch-size"),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Samples per forward pass (default: the recipe's train.eval_batch_size).",
+    ),
     device: DeviceOption = None,
     predictions: Path | None = typer.Option(
         None,
@@ -716,7 +731,12 @@ def masks(
     limit: int | None = typer.Option(
         None, "--limit", min=1, help="Draw only the first N videos of the split."
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Videos per forward pass (default: the recipe's train.eval_batch_size).",
+    ),
     recipe: ReleaseRecipeOption = None,
     device: DeviceOption = None,
 ) -> None:

@@ -41,6 +41,11 @@ class Options:
 OPTIONS = Options()
 
 
+def epochs_done(count: int) -> str:
+    """``1 epoch``, ``8 epochs`` (the training commands' closing line)."""
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
 def show_progress() -> bool:
     return not OPTIONS.quiet
 

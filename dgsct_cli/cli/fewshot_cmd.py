@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import command, console, err_console, show_progress
+from .common import command, console, epochs_done, err_console, show_progress
 
 fewshot_app = typer.Typer(
     help="Few-shot training (K samples per class), K sweeps, pre-training and zero-shot evaluation.",
@@ -180,7 +180,7 @@ def pretrain(
     if trainer.is_main:
         best = result["best_metric"]
         console.print(
-            f"done: {result['epochs']} epochs, best {trainer.task.selection_metric} "
+            f"done: {epochs_done(result['epochs'])}, best {trainer.task.selection_metric} "
             f"{best if best is None else round(best, 2)} (epoch {result['best_epoch']}); checkpoints in {output}",
             highlight=False,
             markup=False,
@@ -200,7 +200,13 @@ def zeroshot(
         "--protocol",
         help="default (pre-trained context, eval mode) or release (zero_shot.py as shipped).",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Samples per forward pass (default: the recipe's train.eval_batch_size; the release's "
+        "with --protocol release).",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result here (JSON)."),
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="Model recipe for a release checkpoint."),
 ) -> None:

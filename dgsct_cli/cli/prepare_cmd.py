@@ -46,12 +46,9 @@ class PrepareGroup(TyperGroup):
         return sorted(prepare_commands())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from ..tasks.base import get_task, prepare_commands
+        from ..tasks.base import prepare_command
 
-        entry = prepare_commands().get(name)
-        if entry is None:
-            return None
-        fn = get_task(entry[0]).prepare_command()
+        fn = prepare_command(name)
         return None if fn is None else _as_cli(name, fn)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -2,13 +2,17 @@
 question records whose answers follow from the media.
 
 Each video shows one instrument (a colour with a stripe pattern) for its whole length and plays
-one instrument's tone (the same instrument or another one, half the time each). Three questions
-per video, worded as MUSIC-AVQA's templates and answered from the media:
+one instrument's tone: in three videos of four the instrument shown, as in MUSIC-AVQA, where the
+sound mostly comes from the instrument in view (so stage 1, which tells a video's own frames from
+another video's, has something to learn); in the fourth another one. Questions, worded as
+MUSIC-AVQA's templates and answered from the media:
 
-- Visual/Location "What kind of musical instrument is it?" -> the instrument shown;
-- Audio/Counting "Is there a <Object> sound?" -> yes when <Object> is the instrument heard;
+- Visual/Location "What kind of musical instrument is it?" -> the instrument shown (every video);
+- Audio/Counting "Is there a <Object> sound?" -> yes when <Object> is the instrument heard (every
+  video; yes and no equally often);
 - Audio-Visual/Existential "Is this sound from the instrument in the video?" -> yes when the
-  instrument heard is the one shown.
+  instrument heard is the one shown (asked of every mismatched video and as many matched ones,
+  so yes and no are equally often right).
 
 Video ids are numeric, like MUSIC-AVQA's real videos, so stage 1 reads them too.
 """
@@ -77,12 +81,19 @@ def write_synthetic_avqa(
     for i in order[n_eval : 2 * n_eval]:
         split_of[i] = "test"
 
+    # Within each split, videos 3, 7, 11, ... (in order) play another instrument's tone; the
+    # existential question is asked of them and of videos 0, 4, 8, ..., which play their own.
+    rank = {}
+    for split in AVQA_SPLIT_FILES:
+        for j, i in enumerate(i for i in range(num_videos) if split_of[i] == split):
+            rank[i] = j % 4
+
     records: dict[str, list[dict]] = {split: [] for split in AVQA_SPLIT_FILES}
     qid = 0
     for i in range(num_videos):
         video_id = f"{i + 1:08d}"
         shown = i % k
-        heard = shown if rng.random() < 0.5 else int((shown + rng.integers(1, k)) % k)
+        heard = int((shown + rng.integers(1, k)) % k) if rank[i] == 3 else shown
         frames = _render_frames([shown] * seconds, k, image_size, fps, rng)
         audio = _render_audio([heard] * seconds, sample_rate, rng)
         write_mp4(video_dir / f"{video_id}.mp4", frames, fps, audio, sample_rate)
@@ -108,6 +119,8 @@ def write_synthetic_avqa(
                 "yes" if heard == shown else "no",
             ),
         ]
+        if rank[i] not in (0, 3):
+            questions.pop()  # existential: only as many "yes" as "no"
         for qtype, content, values, answer in questions:
             qid += 1
             records[split_of[i]].append(_record(video_id, qid, qtype, content, values, answer))

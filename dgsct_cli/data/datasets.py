@@ -136,7 +136,11 @@ def make_loader(
     generator=None,
     worker_init_fn=None,
 ) -> DataLoader:
-    """The DataLoader of every loop: pinned memory on GPU, a few batches prefetched per worker."""
+    """The DataLoader of every loop: pinned memory on GPU, a few batches prefetched per worker,
+    never more workers than usable cores."""
+    from ..runtime import loader_workers
+
+    num_workers = loader_workers(num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

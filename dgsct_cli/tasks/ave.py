@@ -8,15 +8,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHead, AVEHeadConfig
 from ..schema import Annotated, OneOf
 from .base import DataInfo, ReleaseLayout, Task, heard_text, label_runs, register_task, sample_ids
-from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
+from .builtin_prepare import prepare_ave_command
 
 
 @dataclass
@@ -123,43 +121,6 @@ def ave_metrics_table(metrics: dict[str, Any]) -> Table:
     for name, acc in metrics["per_class_accuracy"].items():
         table.add_row(name, "-" if acc is None else f"{acc:.1f}")
     return table
-
-
-def prepare_ave_command(
-    out: CacheOut,
-    root: Path | None = typer.Option(
-        None,
-        "--root",
-        help="AVE root: Annotations.txt, trainSet/valSet/testSet.txt and AVE/<VideoID>.mp4. "
-        "With --synthetic it defaults to <out>/raw.",
-    ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes."),
-    image_size: ImageSize = 192,
-    synthetic: bool = typer.Option(
-        False, "--synthetic", help="Write a small synthetic AVE dataset to --root first, then prepare it."
-    ),
-    videos: SyntheticVideos = None,
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
-    extra_size: ExtraSizes = None,
-    *,
-    progress: bool = True,
-    console: Console | None = None,
-):
-    """Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."""
-    from ..data.ave import prepare_ave
-    from ..data.synthetic import synthetic_root, write_synthetic_ave
-
-    root = synthetic_root(out, root, synthetic, videos, write_synthetic_ave, "AVE", console)
-    return prepare_ave(
-        root,
-        out,
-        workers=workers,
-        image_size=image_size,
-        progress=progress,
-        console=console,
-        strict=strict,
-        extra_sizes=tuple(extra_size or ()),
-    )
 
 
 class AVETask(Task):

@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..data.avqa import ANSWER_VOCAB, NEGATIVE_RULES, QUESTION_TYPES, QUESTION_VOCAB
@@ -32,7 +30,7 @@ from ..models.heads.avqa import (
 )
 from ..schema import Annotated, OneOf, Range
 from .base import DataInfo, ReleaseLayout, Task, register_task, sample_ids
-from .prepare_options import CacheOut, ImageSize, SyntheticVideos
+from .builtin_prepare import prepare_avqa_command
 
 __all__ = [
     "AVQAEvaluator",
@@ -246,51 +244,6 @@ class GroundingEvaluator:
 
 
 # -- prepare --------------------------------------------------------------------------------------
-
-
-def prepare_avqa_command(
-    out: CacheOut,
-    root: Path | None = typer.Option(
-        None,
-        "--root",
-        help="MUSIC-AVQA root: json/avqa-{train,val,test}.json and either frames/<id>/%08d.jpg + "
-        "audio_wave/<id>.npy (the release's layout) or <id>.mp4 videos (here, in videos/ or in "
-        "MUSIC-AVQA-videos-Real/-Synthetic/). With --synthetic it defaults to <out>/raw.",
-    ),
-    annotations: str = typer.Option(
-        "json",
-        "--annotations",
-        help="json (what the release reads) or json_update (the cleaned annotations).",
-    ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes (threads for jpg frames)."),
-    image_size: ImageSize = 192,
-    synthetic: bool = typer.Option(
-        False,
-        "--synthetic",
-        help="Write a small learnable MUSIC-AVQA-format dataset to --root first, then prepare it.",
-    ),
-    videos: SyntheticVideos = None,
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first record that cannot be read."),
-    *,
-    progress: bool = True,
-    console: Console | None = None,
-):
-    """Prepare MUSIC-AVQA for AVQA (or a synthetic stand-in): questions, vocabularies, frames, audio."""
-    from ..data.avqa import prepare_avqa
-    from ..data.avqa_synthetic import write_synthetic_avqa
-    from ..data.synthetic import synthetic_root
-
-    root = synthetic_root(out, root, synthetic, videos, write_synthetic_avqa, "MUSIC-AVQA", console)
-    return prepare_avqa(
-        root,
-        out,
-        workers=workers,
-        image_size=image_size,
-        annotations=annotations,
-        progress=progress,
-        console=console,
-        strict=strict,
-    )
 
 
 # -- the two tasks --------------------------------------------------------------------------------

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..models.heads.avs import (
@@ -30,7 +28,7 @@ from ..models.heads.avs import (
 from ..schema import Annotated, OneOf, Range
 from .avs_metrics import VIDEOS_PER_BATCH, f_measure, mask_iou
 from .base import DataInfo, ReleaseLayout, Task, heard_text, register_task, sample_ids
-from .prepare_options import CacheOut, SyntheticVideos
+from .builtin_prepare import prepare_avs_command
 
 __all__ = [
     "AVSEvaluator",
@@ -299,58 +297,6 @@ def _map_avs_state(state: dict, model: Any, unused: dict[str, str]) -> tuple[dic
 
 
 # -- data --------------------------------------------------------------------------------------
-
-
-def prepare_avs_command(
-    out: CacheOut,
-    setting: str = typer.Option(..., "--setting", help="s4 (single source) or ms3 (multi-source)."),
-    root: Path | None = typer.Option(
-        None,
-        "--root",
-        help="AVSBench_data (or its Single-source / Multi-sources folder): the meta CSV, PNG frames, "
-        "gt_masks and wave/<...>/AVS.npy. With --synthetic it defaults to <out>/raw.",
-    ),
-    source: str = typer.Option(
-        "frames",
-        "--source",
-        help="frames: the published PNG frames and AVS.npy waves; videos: decode raw clips.",
-    ),
-    video_dir: Path | None = typer.Option(
-        None, "--video-dir", help="Raw clips for --source videos (default <setting data>/raw_videos)."
-    ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes (--source videos)."),
-    synthetic: bool = typer.Option(
-        False,
-        "--synthetic",
-        help="Write a small synthetic AVSBench-format set to --root first, then prepare it.",
-    ),
-    videos: SyntheticVideos = None,
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed CSV line."),
-    *,
-    progress: bool = True,
-    console: Console | None = None,
-):
-    """Prepare AVSBench S4 or MS3 (or a synthetic stand-in) for audio-visual segmentation."""
-    from ..data.avsbench import get_setting, prepare_avsbench, write_synthetic_avsbench
-    from ..data.synthetic import synthetic_root
-
-    get_setting(setting)
-
-    def write(path: Path, num_videos: int) -> Path:
-        return write_synthetic_avsbench(path, setting, num_videos)
-
-    root = synthetic_root(out, root, synthetic, videos, write, f"AVSBench {setting.upper()}", console)
-    return prepare_avsbench(
-        root,
-        out,
-        setting,
-        source=source,
-        videos=video_dir,
-        workers=workers,
-        progress=progress,
-        console=console,
-        strict=strict,
-    )
 
 
 # -- the tasks ---------------------------------------------------------------------------------

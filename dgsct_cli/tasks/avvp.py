@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..data.avvp import AVVP_CLASSES
@@ -20,7 +18,7 @@ from ..models.heads.mgn import (
 from ..schema import Annotated, OneOf, Range
 from .avvp_metrics import SCORE_KEYS, format_parsing_table, parsing_scores
 from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task, sample_ids
-from .prepare_options import CacheOut, ExtraSizes, ImageSize, SyntheticVideos
+from .builtin_prepare import prepare_avvp_command
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
 
@@ -118,63 +116,6 @@ def video_segment_labels(batch: dict[str, Any]) -> torch.Tensor:
 _AVVP_ADAPTER_UNUSED = {
     r"^(audio|vis)_adapter_blocks_p[12]\.\d+\.(fc_caption|temporal_gated)\.": "adapter modules the release builds but never runs",
 }
-
-
-def prepare_avvp_command(
-    out: CacheOut,
-    root: Path | None = typer.Option(
-        None,
-        "--root",
-        help="LLP root: AVVP_{train,val_pd,test_pd,eval_audio,eval_visual}.csv (here or under data/AVVP/) "
-        "and <filename>.mp4 (here, in video/ or in LLP_dataset/video/). With --synthetic it defaults "
-        "to <out>/raw.",
-    ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decoding processes."),
-    image_size: ImageSize = 192,
-    features: Path | None = typer.Option(
-        None,
-        "--features",
-        help="Published 3-D features folder (LLP_dataset/feats/r2plus1d_18: <YouTubeID>.npy, [10, 512]).",
-    ),
-    r2plus1d_weights: Path | None = typer.Option(
-        None,
-        "--r2plus1d-weights",
-        help="Local torchvision r2plus1d_18 state dict: compute the 3-D features instead (slow on CPU).",
-    ),
-    synthetic: bool = typer.Option(
-        False,
-        "--synthetic",
-        help="Write a small synthetic LLP dataset to --root first, then prepare it (with its own "
-        "feats/r2plus1d_18 unless --features or --r2plus1d-weights is given).",
-    ),
-    videos: SyntheticVideos = None,
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed annotation line."),
-    extra_size: ExtraSizes = None,
-    *,
-    progress: bool = True,
-    console: Console | None = None,
-):
-    """Prepare the LLP dataset for AVVP (or a synthetic stand-in), with its 3-D visual features."""
-    from ..data.avvp import prepare_avvp
-    from ..data.synthetic import synthetic_root, write_synthetic_llp
-
-    if features is not None and r2plus1d_weights is not None:
-        raise ValueError("give either --features or --r2plus1d-weights, not both")
-    root = synthetic_root(out, root, synthetic, videos, write_synthetic_llp, "LLP", console)
-    if synthetic and features is None and r2plus1d_weights is None:
-        features = root / "feats" / "r2plus1d_18"
-    return prepare_avvp(
-        root,
-        out,
-        workers=workers,
-        image_size=image_size,
-        features=features,
-        r2plus1d_weights=r2plus1d_weights,
-        progress=progress,
-        console=console,
-        strict=strict,
-        extra_sizes=tuple(extra_size or ()),
-    )
 
 
 class AVVPTask(Task):

@@ -37,6 +37,7 @@ __all__ = [
     "get_task",
     "heard_text",
     "label_runs",
+    "prepare_command",
     "prepare_commands",
     "register_task",
     "sample_ids",
@@ -457,6 +458,18 @@ def get_task(name: str) -> Task:
 
 def available_tasks() -> list[str]:
     return sorted({*BUILTIN_TASKS, *TASKS})
+
+
+def prepare_command(name: str) -> Callable | None:
+    """The function of ``dgsct prepare NAME``: a registered task's own, else a built-in one from
+    ``builtin_prepare`` without importing its task (so ``--help`` needs no torch)."""
+    for task in TASKS.values():
+        if task.prepare_name == name:
+            return task.prepare_command()
+    if name in BUILTIN_PREPARE:
+        module = importlib.import_module("dgsct_cli.tasks.builtin_prepare")
+        return getattr(module, f"prepare_{name}_command")
+    return None
 
 
 def prepare_commands() -> dict[str, tuple[str, str]]:

@@ -11,14 +11,9 @@ re-targeted to AVE's or LLP's class names for zero-shot scoring (``zero_shot_tar
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
-from rich.console import Console
-
 from .base import register_task
+from .builtin_prepare import SYNTHETIC_VAL_EVERY, prepare_vggsound40k_command
 from .fewshot import BackgroundHeadConfig, FewShotLossConfig, FewShotTask, fewshot_release_layout
-from .prepare_options import CacheOut, ImageSize, SyntheticVideos
 
 # (target dataset, metric) -> (task that reads and scores it, the release's zero-shot batch size)
 # (zero-shot/zero_shot.py:65-76: batch 16 for AVE, 32 for LLP).
@@ -27,58 +22,8 @@ ZERO_SHOT_TARGETS = {
     ("ave", "video"): ("fewshot-ave-cls", 16),
     ("llp", "video"): ("fewshot-llp-cls", 32),
 }
-# Synthetic sets cycle through their classes: hold out every 5th training row (a multiple of the
-# class count would hold out one class entirely).
-SYNTHETIC_VAL_EVERY = 5
 # The paper's printed zero-shot numbers (figs/few-zero.png).
 ZERO_SHOT_PUBLISHED = {("ave", "segment"): 64.7, ("ave", "video"): 76.6, ("llp", "video"): 35.8}
-
-
-def prepare_vggsound40k_command(
-    out: CacheOut,
-    root: Path | None = typer.Option(
-        None,
-        "--root",
-        help="VGG-Sound(40K) root: vggsound-avel40k_labels.csv, VggsoundAVEL40kCategories.txt and "
-        "frames/<id>/%08d.jpg + wave/<id>.npy (or video/<id>.mp4). With --synthetic it defaults to <out>/raw.",
-    ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Parallel readers / decoding processes."),
-    image_size: ImageSize = 224,
-    val_every: int = typer.Option(
-        20, "--val-every", min=0, help="Hold out every N-th training row as 'val' (0: no val split)."
-    ),
-    extra_size: list[int] = typer.Option(
-        None, "--extra-size", min=8, help="Also store the frames at this size (repeatable)."
-    ),
-    synthetic: bool = typer.Option(
-        False,
-        "--synthetic",
-        help="Write a small synthetic VGG-Sound(40K) set to --root first, then prepare it.",
-    ),
-    videos: SyntheticVideos = None,
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed CSV row."),
-    *,
-    progress: bool = True,
-    console: Console | None = None,
-):
-    """Prepare VGG-Sound(40K) (141 classes + background, per-second labels) for pre-training."""
-    from ..data.synthetic import synthetic_root
-    from ..data.vggsound import prepare_vggsound40k, write_synthetic_vggsound40k
-
-    root = synthetic_root(
-        out, root, synthetic, videos, write_synthetic_vggsound40k, "VGG-Sound(40K)", console
-    )
-    return prepare_vggsound40k(
-        root,
-        out,
-        workers=workers,
-        image_size=image_size,
-        val_every=SYNTHETIC_VAL_EVERY if synthetic and val_every == 20 else val_every,
-        extra_sizes=tuple(extra_size or ()),
-        progress=progress,
-        console=console,
-        strict=strict,
-    )
 
 
 class VGGSound40KTask(FewShotTask):
