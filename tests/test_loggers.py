@@ -21,6 +21,7 @@ from dgsct_cli.loggers import (
     LOGGERS_FILE,
     RunLogger,
     epoch_scalars,
+    log_figures,
     log_to_run,
     read_wandb_history,
     read_wandb_records,
@@ -218,23 +219,36 @@ def test_a_kill_after_the_last_commit_leaves_no_step_twice(data, reference, tmp_
     assert_same_step_losses(run, reference)
 
 
-def test_test_metrics_and_figures_go_to_the_run(reference, tmp_path):
-    import shutil
-
+def _png(path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
-    png = tmp_path / "fig.png"
     plt.figure(figsize=(2, 2))
     plt.plot([0, 1])
-    plt.savefig(png)
+    plt.savefig(path)
     plt.close("all")
-    done = log_to_run(run, {"test/accuracy": 42.5, "test/split": "test"}, {"figures/tsne": png})
-    assert done == ["tensorboard", "wandb"]
+    return path
+
+
+def _summary(path: Path) -> dict:
+    summary = {}
+    for record in read_wandb_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+    return summary
+
+
+def test_test_metrics_and_figures_go_to_the_run(reference, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    png = _png(tmp_path / "fig.png")
+    # `train --test` / `fewshot train`: the test metrics; `visualize tsne --checkpoint RUN/best...`: a figure.
+    assert log_to_run(run, {"test/accuracy": 42.5, "test/split": "test"}) == ["tensorboard", "wandb"]
+    log_figures(run / "best.safetensors", {"figures/tsne": png})
     step = final_step(run)
     assert tensorboard_scalars(run)["test/accuracy"] == [(step, 42.5)]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -242,16 +256,37 @@ def test_test_metrics_and_figures_go_to_the_run(reference, tmp_path):
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Images("figures/tsne")] == [step]
-    # W&B: a session of its own, the metric and the image in the run's summary; no history step.
+    # W&B: a short session each, into the run's summary; no history step is taken.
     files = wandb_files(run)
-    assert len(files) == 2
-    summary = {}
-    for record in read_wandb_records(files[-1]):
-        if record.WhichOneof("record_type") == "summary":
-            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
-    assert summary["test/accuracy"] == 42.5
-    assert summary["figures/tsne"]["_type"] == "image-file"
-    assert read_wandb_history(files[-1]) == []
+    assert len(files) == 3
+    assert _summary(files[1])["test/accuracy"] == 42.5
+    assert _summary(files[2])["figures/tsne"]["_type"] == "image-file"
+    assert read_wandb_history(files[1]) == read_wandb_history(files[2]) == []
+    assert_each_step_once(run)
+    # A checkpoint outside any logged run: nothing to log to, nothing written.
+    log_figures(png, {"figures/tsne": png})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "run"]
+
+
+def test_a_sweep_is_logged_as_a_run_of_its_own(tmp_path):
+    from dgsct_cli.fewshot_runs import _log_sweep
+
+    recipe = load_recipe("ave-tiny", [LOGGERS])
+    table = {
+        "recipe": "ave-tiny",
+        "published": {"16": 72.4},
+        "runs": [
+            {"shots": k, "accuracy": 10.0 * k, "selection_accuracy": 5.0 * k, "train_samples": 4 * k}
+            for k in (1, 2, 4)
+        ],
+    }
+    png = _png(tmp_path / "sweep.png")
+    _log_sweep(recipe, table, tmp_path / "sweep", png, progress=False)
+    tb = tensorboard_scalars(tmp_path / "sweep")
+    assert tb["sweep/accuracy"] == [(1, 10.0), (2, 20.0), (4, 40.0)]
+    rows = wandb_rows(tmp_path / "sweep")
+    assert [(r["_step"], r["sweep/accuracy"]) for r in rows] == [(1, 10.0), (2, 20.0), (4, 40.0)]
+    assert rows[-1]["figures/sweep/_type"] == "image-file"  # media rows hold nested keys
 
 
 def test_a_logger_that_is_not_installed_is_one_line(monkeypatch, tmp_path):

@@ -146,6 +146,8 @@ class EncoderFamily:
     text_config: type | None = None
     # Recompute "auto" switches on when the visual tower has at least this many blocks.
     recompute_auto_blocks: int = 24
+    # tower -> (model and the repository its weights come from, SPDX licence): model cards say it.
+    licenses: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, EncoderFamily] = {}

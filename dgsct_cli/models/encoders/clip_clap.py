@@ -102,5 +102,10 @@ CLIP_CLAP = register_family(
         pool_plain=pool_embeddings,
         normalization=lambda cfg: (tuple(cfg.mean), tuple(cfg.std)),
         recompute_auto_blocks=10**9,  # a 12-block ViT-B at 224 px fits without it
+        licenses={
+            "visual": ("CLIP ViT-B/32 (openai/CLIP)", "mit"),
+            "audio": ("CLAP HTS-AT-tiny (LAION-AI/CLAP)", "cc0-1.0"),
+            "text": ("CLIP text tower (openai/CLIP); CLAP's RoBERTa (LAION-AI/CLAP, fairseq: MIT)", "mit"),
+        },
     )
 )

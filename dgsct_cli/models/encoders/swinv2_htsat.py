@@ -118,5 +118,9 @@ SWINV2_HTSAT = register_family(
         pool_plain=pool_mean,
         normalization=lambda cfg: (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         recompute_auto_blocks=24,
+        licenses={
+            "visual": ("Swin-V2-L, ImageNet-22k (microsoft/Swin-Transformer, via timm)", "mit"),
+            "audio": ("HTS-AT, AudioSet (RetroCirce/HTS-Audio-Transformer)", "mit"),
+        },
     )
 )
