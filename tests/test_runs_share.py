@@ -287,3 +287,33 @@ def test_encoder_files_are_listed_with_size_and_hash(tmp_path):
     entry = files["model.visual.weights"]
     assert entry["name"] == "swin.safetensors" and entry["size"] == 10 and not entry["included"]
     assert entry["sha256"] == "84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882"
+
+
+NO_EXTRAS = """
+import sys
+from dgsct_cli.cli.app import app
+for args in {args!r}:
+    try:
+        app(args, prog_name="dgsct")
+    except SystemExit:
+        pass
+loaded = [m for m in ("torch", "wandb", "tensorboard", "huggingface_hub", "matplotlib") if m in sys.modules]
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_help_of_the_new_commands_imports_no_extra(tmp_path):
+    import subprocess
+    import sys
+
+    args = [["--help"], ["runs", "list", "--help"], ["export", "--help"], ["push", "--help"]]
+    args += [["visualize", "curves", "--help"], ["train", "--help"]]
+    result = subprocess.run(
+        [sys.executable, "-c", NO_EXTRAS.format(args=args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
