@@ -418,8 +418,15 @@ class RunLogger:
             self.project,
             self.quiet,
         )
-        for backend in self.backends:
-            backend.open(self.run_dir, session)
+        opened: list[LoggerBackend] = []
+        try:
+            for backend in self.backends:
+                backend.open(self.run_dir, session)
+                opened.append(backend)
+        except BaseException:
+            for backend in opened:
+                backend.close(False)
+            raise
         self._open = True
         info["loggers"] = self.names
         atomic_write_json(self.run_dir / LOGGERS_FILE, info)
@@ -530,7 +537,12 @@ def log_to_run(
                 console.print(f"[yellow]{run_dir}: not logged to {name}: {exc}", highlight=False)
             continue
         backend = BACKENDS[name]()
-        backend.open(run_dir, session)
+        try:
+            backend.open(run_dir, session)
+        except Exception as exc:  # e.g. W&B online without a network: the files exist anyway
+            if console is not None:
+                console.print(f"[yellow]{run_dir}: not logged to {name}: {exc}", highlight=False)
+            continue
         try:
             if scalars:
                 backend.log_summary(step, {k: v for k, v in scalars.items() if _number(v) is not None})

@@ -306,6 +306,19 @@ def test_a_logger_that_is_not_installed_is_one_line(monkeypatch, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_wandb_that_cannot_start_is_one_line(data, tmp_path, monkeypatch):
+    import wandb
+
+    def init(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(
+        ValueError, match=r"^wandb: could not start the run \(api_key not configured.*WANDB_MODE=offline"
+    ):
+        trainer(data, tmp_path / "run").run()
+
+
 def test_an_unknown_logger_is_refused_at_load():
     from dgsct_cli.config import RecipeError
 
