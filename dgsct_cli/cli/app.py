@@ -31,7 +31,12 @@ app.add_typer(visualize_app, name="visualize")
 
 # Options shared by the commands that read a checkpoint and a prepared dataset.
 CheckpointOption = Annotated[
-    Path, typer.Option("--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt.")
+    Path,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="Run folder, dgsct .safetensors, release .pt, export folder, or hf://OWNER/NAME[@REV].",
+    ),
 ]
 DataOption = Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset folder.")]
 SplitOption = Annotated[str, typer.Option("--split", "-s", help="Split of the prepared dataset.")]
