@@ -242,10 +242,11 @@ def _log_sweep(recipe: Recipe, table: dict[str, Any], output: Path, png: Path, p
         }
     )
     try:
-        for r in table["runs"]:
+        runs = sorted(table["runs"], key=lambda r: r["shots"])
+        for r in runs:
             values = {f"sweep/{k}": r[k] for k in ("accuracy", "selection_accuracy", "train_samples")}
-            logger.log_row(r["shots"], {k: v for k, v in values.items() if v is not None})
-        logger.log_images(max(r["shots"] for r in table["runs"]), {"figures/sweep": png})
+            figure = {"figures/sweep": png} if r is runs[-1] else None  # with the last row
+            logger.log_row(r["shots"], {k: v for k, v in values.items() if v is not None}, figure)
     finally:
         logger.close(True)
 

@@ -198,7 +198,8 @@ class LoggerBackend:
     def open(self, run_dir: Path, session: Session) -> None:
         raise NotImplementedError
 
-    def log_row(self, step: int, values: dict[str, float]) -> None:
+    def log_row(self, step: int, values: dict[str, float], images: dict[str, Path] | None = None) -> None:
+        """One step's values (and figures), sent once, in one call."""
         raise NotImplementedError
 
     def log_text(self, step: int, tag: str, text: str) -> None:
@@ -247,9 +248,11 @@ class TensorBoardBackend(LoggerBackend):
                 "config", "\n".join("    " + line for line in text.splitlines()), session.step
             )
 
-    def log_row(self, step: int, values: dict[str, float]) -> None:
+    def log_row(self, step: int, values: dict[str, float], images: dict[str, Path] | None = None) -> None:
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
+        if images:
+            self.log_images(step, images)
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         self.writer.add_text(tag, text, step)
@@ -273,6 +276,18 @@ def _new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+def _wait_for_a_new_second(wandb_dir: Path, run_id: str) -> None:
+    """W&B names a process's folder by the second it starts and the run's id: a second process of
+    the run within the same second would write into the first one's folder and replace its file."""
+    import re
+    from datetime import datetime
+
+    pattern = re.compile(rf"(\d{{8}}_\d{{6}})-{re.escape(run_id)}$")
+    used = {m.group(1) for p in Path(wandb_dir).glob(f"*-{run_id}") if (m := pattern.search(p.name))}
+    while datetime.now().strftime("%Y%m%d_%H%M%S") in used:
+        time.sleep(0.05)
+
+
 class WandbBackend(LoggerBackend):
     """A Weights & Biases run (``wandb.init(dir=RUN, id=..., resume="allow")``)."""
 
@@ -285,6 +300,7 @@ class WandbBackend(LoggerBackend):
         if session.mode == "start" or "id" not in info:
             info.update(id=_new_run_id(), project=session.project)
         self.append = session.mode == "append"
+        _wait_for_a_new_second(run_dir / "wandb", info["id"])
         try:
             self.run = wandb.init(
                 project=info.get("project", session.project),
@@ -320,21 +336,24 @@ class WandbBackend(LoggerBackend):
                 continue
         self.floor = max(held)
 
-    def log_row(self, step: int, values: dict[str, float]) -> None:
+    def log_row(self, step: int, values: dict[str, float], images: dict[str, Path] | None = None) -> None:
         if step > self.floor:
-            self.run.log(values, step=step)
+            # One call per step: a second call for the same step may find the row already written.
+            self.run.log({**values, **self._media(images or {})}, step=step)
+
+    @staticmethod
+    def _media(images: dict[str, Path]) -> dict[str, Any]:
+        import wandb
+
+        return {key: wandb.Image(str(path)) for key, path in images.items()}
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         self.run.summary[tag] = text
 
     def log_images(self, step: int, images: dict[str, Path]) -> None:
-        import wandb
-
-        media = {key: wandb.Image(str(path)) for key, path in images.items()}
-        if self.append or step <= self.floor:  # after training: with the run's summary
-            self.run.summary.update(media)
-        else:
-            self.run.log(media, step=step)
+        # Figures made after training go with the run's summary: a history row of their own would
+        # take a step number a resumed run may still need.
+        self.run.summary.update(self._media(images))
 
     def log_summary(self, step: int, values: dict[str, float]) -> None:
         self.run.summary.update(values)
@@ -471,18 +490,16 @@ class RunLogger:
         self._state["open_row"] = None
         self._emit(step, values)
 
-    def log_images(self, step: int, images: dict[str, str | Path]) -> None:
+    def log_row(
+        self, step: int, values: dict[str, float], images: dict[str, str | Path] | None = None
+    ) -> None:
+        """A row of values (and figures) outside the training loop's own (e.g. a sweep's)."""
         if self._open:
-            for backend in self.backends:
-                backend.log_images(step, {k: Path(v) for k, v in images.items()})
+            self._emit(step, values, {k: Path(v) for k, v in (images or {}).items()})
 
-    def log_row(self, step: int, values: dict[str, float]) -> None:
-        if self._open:
-            self._emit(step, values)
-
-    def _emit(self, step: int, values: dict[str, float]) -> None:
+    def _emit(self, step: int, values: dict[str, float], images: dict[str, Path] | None = None) -> None:
         for backend in self.backends:
-            backend.log_row(step, values)
+            backend.log_row(step, values, images)
 
     def flush(self) -> None:
         if self._open:
