@@ -192,7 +192,6 @@ def interrupted(data, batches, tmp_path_factory) -> dict[str, SimpleNamespace]:
     return runs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CTRL_C))
 def test_ctrl_c_then_resume_logs_each_step_once(case, interrupted, reference):
     r = interrupted[case]
@@ -204,7 +203,6 @@ def test_ctrl_c_then_resume_logs_each_step_once(case, interrupted, reference):
     assert_same_step_losses(r.run, reference)
 
 
-@pytest.mark.slow
 def test_a_kill_after_the_last_commit_leaves_no_step_twice(data, reference, tmp_path):
     run = tmp_path / "run"
     # Commit 3 (epoch 2 trained) is killed between its weights and its state: the process has
