@@ -176,13 +176,21 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tup
 
 
 def resolve_run_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    """A checkpoint file, the best (else last) checkpoint of a run folder, the model of an export
+    folder (``dgsct export``), or ``hf://OWNER/REPO[@REV]``: an export on the Hugging Face Hub,
+    downloaded (or taken from the cache) only when such a path is given."""
+    from .hub import download_checkpoint, is_hf_uri
+
+    if is_hf_uri(path):
+        return download_checkpoint(path)
     path = Path(path)
     if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
+        for name in ("best.safetensors", "last.safetensors", "model.safetensors"):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path}: run folder without best.safetensors or last.safetensors")
+        raise CheckpointError(
+            f"{path}: run folder without best.safetensors or last.safetensors (nor an export's model.safetensors)"
+        )
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     return path

@@ -121,6 +121,12 @@ class TrainConfig:
     param_groups: list[ParamGroup] = field(default_factory=list)
     # Clip the global gradient norm of the trainable parameters before each step (None: no clipping).
     clip_grad_norm: Annotated[float, Range(0, open_low=True)] | None = None
+    # Where the run is logged besides metrics.jsonl (always on): TensorBoard event files in
+    # RUN/tensorboard, a Weights & Biases run (dgsct_cli/loggers.py); both are optional extras.
+    loggers: Annotated[list[str], OneOf("jsonl", "tensorboard", "wandb")] = field(
+        default_factory=lambda: ["jsonl"]
+    )
+    wandb_project: str = "dgsct"  # the W&B project of runs with the wandb logger
 
 
 @dataclass

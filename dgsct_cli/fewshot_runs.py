@@ -116,6 +116,9 @@ def run_fewshot(
         summary["test_split"] = recipe.data.test_split
         summary["test_accuracy"] = metrics[get_task(recipe.task).selection_metric]
         summary["test_metrics"] = metrics
+        from .loggers import log_to_run
+
+        log_to_run(output, {f"test/{k}": v for k, v in metrics.items()}, console=console)
     if trainer.is_main:
         atomic_write_json(output / "fewshot.json", summary)
     return summary
@@ -222,7 +225,31 @@ def run_sweep(
         )
         atomic_write_json(json_out, table)  # a partial table survives an interrupted sweep
     plot_sweep(table, png_out)
+    _log_sweep(recipe, table, output, png_out, progress)
     return table
+
+
+def _log_sweep(recipe: Recipe, table: dict[str, Any], output: Path, png: Path, progress: bool) -> None:
+    """The sweep as a run of its own in the recipe's loggers (x axis: shots), with its figure."""
+    from .loggers import RunLogger
+
+    logger = RunLogger(recipe.train.loggers, output, project=recipe.train.wandb_project, quiet=not progress)
+    if not logger.active:
+        return
+    logger.start(
+        {
+            "sweep": {k: v for k, v in table.items() if k != "runs"},
+            "shots": [r["shots"] for r in table["runs"]],
+        }
+    )
+    try:
+        runs = sorted(table["runs"], key=lambda r: r["shots"])
+        for r in runs:
+            values = {f"sweep/{k}": r[k] for k in ("accuracy", "selection_accuracy", "train_samples")}
+            figure = {"figures/sweep": png} if r is runs[-1] else None  # with the last row
+            logger.log_row(r["shots"], {k: v for k, v in values.items() if v is not None}, figure)
+    finally:
+        logger.close(True)
 
 
 # -- zero-shot --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .config import Recipe, recipe_to_yaml
 from .data.datasets import make_loader
 from .evaluate import EvaluationInterrupted, evaluate
 from .factory import build_model, data_info, ensure_data, ensure_files, open_split
+from .loggers import RunLogger
 from .runs import STATE_DIR, STATE_FILE, link_or_copy, lock_run_folder, remove_stale_files, write_run_record
 from .runtime import (
     apply_compile_regions,
@@ -250,6 +251,10 @@ class Trainer:
         self.test_kill_before_commit = test_kill_before_commit
         self.device = dist_utils.setup(resolve_device(recipe.train.device).type)
         self.is_main = dist_utils.is_main()
+        # TensorBoard / W&B (train.loggers), rank 0 only; a missing package is refused here.
+        self.logger = RunLogger(
+            recipe.train.loggers, self.out, self.is_main, recipe.train.wandb_project, not show_progress
+        )
         self.stop = _StopFlag()
         self._batches_run = 0
 
@@ -352,6 +357,7 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_python": random.getstate(),
             "rng_numpy": _numpy_rng_state(),
+            "loggers": self.logger.state_dict(),  # what the loggers have not sent yet
             # Gradients accumulated since the last optimiser step (Ctrl-C between micro-batches).
             "grads": {
                 n: p.grad.detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None
@@ -401,6 +407,7 @@ class Trainer:
             _set_numpy_rng_state(state["rng_numpy"])
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.logger.load_state_dict(state.get("loggers"))
         params = dict(self.model.named_parameters())
         for name, grad in state["grads"].items():
             params[name].grad = grad.to(self.device)
@@ -447,7 +454,9 @@ class Trainer:
         last_val: dict[str, Any] = {}
         patience = r.train.early_stop
         stopped_early = patience is not None and prog.epochs_since_best >= patience  # a resumed early stop
+        finished = False
         try:
+            self.logger.start(self._logger_config(), prog.global_step, resume, prog.pending_validation)
             with self.stop.installed():
                 if prog.pending_validation:
                     last_val = self._validate_and_record(prog)
@@ -483,7 +492,9 @@ class Trainer:
                                 f"early stop: no better {self.task.selection_metric} for {patience} epochs "
                                 f"(best {prog.best_metric} at epoch {prog.best_epoch})"
                             )
+            finished = True
         finally:
+            self.logger.close(finished)
             # Free the DDP wrapper while the default process group still holds its reference:
             # if the Reducer dropped the group's last reference it would join gloo's worker
             # threads with the GIL held, and they need the GIL to free finished work (a hang
@@ -497,6 +508,17 @@ class Trainer:
             "best_epoch": prog.best_epoch,
             "last_val": last_val,
             "stopped_early": stopped_early,
+        }
+
+    def _logger_config(self) -> dict[str, Any]:
+        """The run's config for the loggers: the resolved recipe, how it was started, where it runs."""
+        from .schema import to_dict
+
+        return {
+            **to_dict(self.recipe),
+            "run": self.run_record,
+            "device": str(self.device),
+            "world_size": dist_utils.world_size(),
         }
 
     def _stop_requested(self) -> bool:
@@ -556,6 +578,9 @@ class Trainer:
                 prog.epoch_counted += k
                 prog.epoch_seen += n
                 prog.epoch_seconds = time.perf_counter() - start
+                lrs = [g["lr"] for g in self.optimizer.param_groups]
+                step = prog.global_step if last_of_step else None
+                self.logger.train_batch(loss, n, step, lrs, epoch_end=i + 1 == batches_per_epoch)
                 rate = prog.epoch_seen / max(prog.epoch_seconds, 1e-9)
                 accuracy = 100 * prog.epoch_correct / max(prog.epoch_counted, 1)
                 bar.update(
@@ -679,6 +704,7 @@ class Trainer:
             atomic_write_json(self.out / "last.json", summary)
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self.logger.epoch_end(prog.global_step, record)
             shown = (
                 f"{self.task.selection_metric} {metric:.2f}" if metric is not None else "no validation split"
             )

@@ -39,6 +39,7 @@ def test_torchrun_two_processes_train_and_resume(tmp_path):
         "--synthetic",
         "data.synthetic_videos=8",
         "train.epochs=1",
+        "train.loggers=[jsonl,tensorboard]",
         cwd=tmp_path,
     )
     assert first.returncode == 0, first.stderr[-3000:]
@@ -52,3 +53,11 @@ def test_torchrun_two_processes_train_and_resume(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
+    # Only rank 0 logs: one TensorBoard event file per process start, each step once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("step/loss")] == list(range(1, lines[-1]["step"] + 1))
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [x["step"] for x in lines]

@@ -31,7 +31,12 @@ app.add_typer(visualize_app, name="visualize")
 
 # Options shared by the commands that read a checkpoint and a prepared dataset.
 CheckpointOption = Annotated[
-    Path, typer.Option("--checkpoint", "-c", help="Run folder, dgsct .safetensors, or release .pt.")
+    Path,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="Run folder, dgsct .safetensors, release .pt, export folder, or hf://OWNER/NAME[@REV].",
+    ),
 ]
 DataOption = Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset folder.")]
 SplitOption = Annotated[str, typer.Option("--split", "-s", help="Split of the prepared dataset.")]
@@ -286,7 +291,10 @@ def train(
         highlight=False,
     )
     if test:
-        _evaluate(output, data_dir, r.data.test_split, output / "test_metrics.json", None, None)
+        metrics = _evaluate(output, data_dir, r.data.test_split, output / "test_metrics.json", None, None)
+        from ..loggers import log_to_run
+
+        log_to_run(output, {f"test/{k}": v for k, v in metrics.items()}, console=err_console)
 
 
 def _check_writable(path: Path | None) -> None:
@@ -477,6 +485,9 @@ def tsne(
         table.add_row(title, str(s["num_points"]), fmt(s["silhouette"]), fmt(s["silhouette_tsne"]))
     console.print(table)
     console.print(f"wrote {out} and {Path(out).with_suffix('.json')}")
+    from ..loggers import log_figures
+
+    log_figures(checkpoint, {"figures/tsne": out}, err_console)
 
 
 # -- predict / attention on a user's clips ----------------------------------------------------------
@@ -754,6 +765,10 @@ def masks(
         progress=show_progress(),
     )
     console.print(f"wrote {result['videos']} figures and {result['index']}", highlight=False)
+    from ..loggers import log_figures
+
+    figures = sorted(Path(out).glob("*.png"))[:8]  # the first few videos' overlays
+    log_figures(checkpoint, {f"figures/masks/{p.stem}": p for p in figures}, err_console)
 
 
 # The task draws (Task.draw_predictions); "predictions" is the same command under a generic name.
@@ -765,8 +780,13 @@ def _register_subapps() -> None:
     from .bench_cmd import bench
     from .fewshot_cmd import fewshot_app
     from .prepare_cmd import prepare_app
+    from .runs_cmd import curves, export, push, runs_app
 
     app.add_typer(prepare_app, name="prepare")
+    app.add_typer(runs_app, name="runs")
+    app.command("export")(export)
+    app.command("push")(push)
+    visualize_app.command("curves")(curves)
     app.add_typer(fewshot_app, name="fewshot")
     app.command("bench")(bench)
 

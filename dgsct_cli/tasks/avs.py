@@ -535,6 +535,7 @@ class AVSS4Task(AVSTask):
         matches=_is_setting(8),
     )
     recipe = "avs-s4"
+    paper_results = {"miou": 80.9, "fscore": 89.2}  # the paper's S4 M_J / M_F
 
     def segment_labels(self, batch):
         # S4 videos have one category each (the meta CSV's); every frame takes it.
@@ -560,6 +561,7 @@ class AVSMS3Task(AVSTask):
         matches=_is_setting(2),
     )
     recipe = "avs-ms3"
+    paper_results = {"miou": 53.5, "fscore": 64.2}  # the paper's MS3 M_J / M_F
     prepare_name = None  # one ``dgsct prepare avs --setting ...`` for both settings
 
 

@@ -214,6 +214,9 @@ class Task:
     datasets: tuple[str, ...] = ()
     default_num_classes: int | None = None  # when neither the recipe nor data says (bench, info)
     selection_metric: str = "accuracy"  # key of the evaluator's metrics that picks ``best``
+    # The paper's test numbers of the full-size model, by metric key (model cards print them beside
+    # a run's own).
+    paper_results: dict[str, float] = {}
     select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
     release: ReleaseLayout | None = None

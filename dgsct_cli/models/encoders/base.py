@@ -186,6 +186,8 @@ class EncoderFamily:
     write_random_files: Callable[[Any, Any, Any, set[str]], list[Path]] | None = None
     # What to try without the files (appended to the message naming the missing ones).
     without_files_hint: str = ""
+    # tower -> (model and the repository its weights come from, SPDX licence): model cards say it.
+    licenses: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, EncoderFamily] = {}

@@ -116,5 +116,10 @@ CLIP_CLAP = register_family(
             "to try the commands without them, the tiny recipes write small random files in these "
             "layouts: 'dgsct fewshot train --recipe fewshot-ave-tiny' (README, 'Try it without weights')"
         ),
+        licenses={
+            "visual": ("CLIP ViT-B/32 (openai/CLIP)", "mit"),
+            "audio": ("CLAP HTS-AT-tiny (LAION-AI/CLAP)", "cc0-1.0"),
+            "text": ("CLIP text tower (openai/CLIP); CLAP's RoBERTa (LAION-AI/CLAP, fairseq: MIT)", "mit"),
+        },
     )
 )

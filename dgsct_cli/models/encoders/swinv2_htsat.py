@@ -149,5 +149,9 @@ SWINV2_HTSAT = register_family(
         recompute_auto_blocks=24,
         compile_paired_step=compile_halves,
         weight_files=weight_files,
+        licenses={
+            "visual": ("Swin-V2-L, ImageNet-22k (microsoft/Swin-Transformer, via timm)", "mit"),
+            "audio": ("HTS-AT, AudioSet (RetroCirce/HTS-Audio-Transformer)", "mit"),
+        },
     )
 )
