@@ -38,6 +38,12 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        # write() and flush() raise without a file name (and a failed write names the temp
+        # file): name the file being written, so a full disk says which one.
+        if exc.filename is None or TMP_PREFIX in os.path.basename(str(exc.filename)):
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -84,8 +84,26 @@ def save_checkpoint(
         **(extra or {}),
     }
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' SafetensorError is not an OSError
+            raise _as_os_error(exc, path) from None
     return path
+
+
+def _as_os_error(exc: Exception, path: Path) -> OSError:
+    """The ``OSError`` behind a safetensors write error (``IoError(Os { code: 28, ... })``), naming
+    ``path``; an error without an OS code becomes EIO with safetensors' own words."""
+    import errno
+    import os
+    import re
+
+    text = " ".join(str(exc).split())
+    found = re.search(r"code: (\d+)", text)
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else f"could not be written ({text[:200]})", str(path))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -212,6 +212,11 @@ def train(
     switch_data: bool = typer.Option(
         False, "--switch-data", help="With --resume: continue on the --data given, not the run's own."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start a new run in an --output folder that holds one; the old run is moved to previous-<n>/.",
+    ),
     synthetic: bool = typer.Option(
         False, "--synthetic", help="Write a small synthetic dataset at --data first if it has none."
     ),
@@ -226,6 +231,8 @@ def train(
     from ..train import Trainer
 
     overrides = overrides or []
+    if resume and overwrite:
+        raise ValueError("--overwrite starts a new run and --resume continues one: give one of them")
     if resume:
         if output is None:
             raise ValueError("--resume needs --output RUN (the run folder to continue)")
@@ -264,6 +271,7 @@ def train(
         show_progress=show_progress(),
         run_record=run_record,
         synthetic=synthetic,
+        overwrite=overwrite,
     )
     result = trainer.run(resume=resume)
     if not trainer.is_main:

@@ -1,0 +1,205 @@
+"""Nothing lost, nothing silent, part 2 (issue 22): a new run never eats a finished one, each epoch
+is logged once, a full disk is one line naming the file and leaves the run resumable, an
+interrupted few-shot run can be completed, checkpoints verify their metadata and the encoder files
+they were trained with, few-shot validation sees the current prompts, and unchecked settings,
+damaged files and odd inputs get one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_cache
+from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dgsct_cli.cli.app import app
+from dgsct_cli.config import load_recipe
+from dgsct_cli.runs import STATE_DIR
+from dgsct_cli.train import Trainer
+
+BASE = ["data.num_workers=0", "train.batch_size=2", "train.epochs=2", "train.grad_accum=2"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def trainer(data: Path, out: Path, *overrides: str, **hooks) -> Trainer:
+    recipe = load_recipe("ave-tiny", [*BASE, *overrides])
+    return Trainer(recipe, data, out, console=Console(quiet=True), show_progress=False, **hooks)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def metric_lines(run: Path) -> list[dict]:
+    drop = ("seconds", "samples_per_second")
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return synthetic_cache("ave", tmp_path_factory.mktemp("rel2") / "C", videos=8, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    trainer(data, out).run()
+    return out
+
+
+# -- 1. a new run never eats a finished one ----------------------------------------------------------
+
+
+def test_a_new_run_on_a_run_folder_is_refused_and_overwrite_moves_the_old_run_aside(
+    data, reference, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = files_of(run)
+    result = invoke("train", "--recipe", "ave-tiny", "--data", data, "--output", run, *BASE, "train.lr=0.5")
+    assert_one_line_error(result, str(run), "--resume", "--overwrite")
+    assert files_of(run) == before  # nothing deleted, nothing written
+    result = invoke(
+        "--quiet", "train", "--recipe", "ave-tiny", "--data", data, "--output", run, "--overwrite",
+        *BASE, "train.epochs=1", "train.lr=0.5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"{run / 'previous-1'}" in result.stderr  # it says where the old run went
+    assert files_of(run / "previous-1") == before  # the old run, whole
+    assert [m["epoch"] for m in metric_lines(run)] == [1]
+    assert "lr: 0.5" in (run / "recipe.yaml").read_text()
+    # A third run moves the second aside next to the first.
+    result = invoke(
+        "--quiet", "train", "--recipe", "ave-tiny", "--data", data, "--output", run, "--overwrite",
+        *BASE, "train.epochs=1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert files_of(run / "previous-1") == before
+    assert (run / "previous-2" / "best.safetensors").is_file()
+
+
+def test_overwrite_and_resume_together_are_refused(tmp_path):
+    result = invoke("train", "--output", tmp_path / "r", "--resume", "--overwrite")
+    assert_one_line_error(result, "--overwrite", "--resume")
+
+
+def test_a_folder_without_a_run_is_used_as_it_is(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    trainer(data, run, "train.epochs=1").run()
+    assert (run / "notes.txt").read_text() == "mine" and not (run / "previous-1").exists()
+
+
+# -- 6. each epoch is logged once; 8. a full disk is one line naming the file ------------------------
+
+
+def test_a_kill_right_after_validation_then_resume_logs_each_epoch_once(data, reference, tmp_path):
+    run = tmp_path / "run"
+    # Commits: 1 = epoch 1 trained, 2 = epoch 1 validated (its metrics line is written before).
+    with pytest.raises(SystemExit):
+        trainer(data, run, test_kill_before_commit=2).run()
+    assert [m["epoch"] for m in metric_lines(run)] == [1]
+    trainer(data, run).run(resume=True)
+    assert [m["epoch"] for m in metric_lines(run)] == [1, 2]
+    assert metric_lines(run) == metric_lines(reference)
+
+
+def _full_disk_at(monkeypatch, call: int):
+    """safetensors' writer fails with a full disk at its ``call``-th use (a SafetensorError, which
+    is not an OSError)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real, calls = safetensors.torch.save_file, {"n": 0}
+
+    def save_file(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise SafetensorError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            )
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+def test_a_full_disk_while_training_is_one_line_naming_the_file_and_the_run_resumes(
+    data, reference, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    # Writes: 1 = commit 1 (epoch 1 trained), 2 = best.safetensors, 3 = commit 2 (epoch 1 validated).
+    _full_disk_at(monkeypatch, 3)
+    result = invoke("train", "--recipe", "ave-tiny", "--data", data, "--output", run, *BASE)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    assert str(run / STATE_DIR / "weights-000002.safetensors") in errors[0] and "no space left" in errors[0]
+    assert ".tmp-" not in errors[0]
+    monkeypatch.undo()
+    assert not list(run.rglob(".tmp-*"))
+    result = invoke("--quiet", "train", "--output", run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert metric_lines(run) == metric_lines(reference)  # epoch 1 once, then epoch 2
+    assert same_weights(run / "last.safetensors", reference / "last.safetensors")
+
+
+def test_a_full_disk_in_a_plain_write_names_the_file(tmp_path, monkeypatch):
+    import builtins
+
+    from dgsct_cli.atomic import atomic_write_bytes
+    from dgsct_cli.cli.common import _user_error
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises: no file name
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: Full(real_open(*a, **k)))
+    target = tmp_path / "m.json"
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(target, b"{}")
+    monkeypatch.undo()
+    message = _user_error(info.value)
+    assert message.startswith(f"{target}: no space left"), message
+    assert not list(tmp_path.iterdir())
