@@ -16,6 +16,7 @@ import torch
 from conftest import synthetic_cache
 from rich.console import Console
 from safetensors.torch import load_file
+from test_fewshot_files import fewshot_ave, fewshot_files, tiny_overrides  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 from dgsct_cli.cli.app import app
@@ -38,6 +39,16 @@ def assert_one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def assert_error_ends_the_output(result, *fragments: str) -> str:
+    """Exit 1 with one error line, the last one (progress lines may come before it)."""
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 def trainer(data: Path, out: Path, *overrides: str, **hooks) -> Trainer:
@@ -158,11 +169,8 @@ def test_a_full_disk_while_training_is_one_line_naming_the_file_and_the_run_resu
     # Writes: 1 = commit 1 (epoch 1 trained), 2 = best.safetensors, 3 = commit 2 (epoch 1 validated).
     _full_disk_at(monkeypatch, 3)
     result = invoke("train", "--recipe", "ave-tiny", "--data", data, "--output", run, *BASE)
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
-    assert str(run / STATE_DIR / "weights-000002.safetensors") in errors[0] and "no space left" in errors[0]
-    assert ".tmp-" not in errors[0]
+    weights = run / STATE_DIR / "weights-000002.safetensors"
+    assert ".tmp-" not in assert_error_ends_the_output(result, f"{weights}: no space left")
     monkeypatch.undo()
     assert not list(run.rglob(".tmp-*"))
     result = invoke("--quiet", "train", "--output", run, "--resume")
@@ -203,3 +211,91 @@ def test_a_full_disk_in_a_plain_write_names_the_file(tmp_path, monkeypatch):
     message = _user_error(info.value)
     assert message.startswith(f"{target}: no space left"), message
     assert not list(tmp_path.iterdir())
+
+
+# -- 7. an interrupted few-shot run is finished by the command its message names --------------------
+
+
+def _interrupt_first_run_after(monkeypatch, batches: int) -> None:
+    """The next Trainer built stops (as by Ctrl-C) after ``batches`` micro-batches."""
+    real = Trainer.__init__
+    armed = {"on": True}
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if armed.pop("on", False):
+            self.interrupt_after_batches = batches
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+
+
+def _named_command(stderr: str) -> list[str]:
+    import re
+    import shlex
+
+    found = re.findall(r"continue with '(dgsct [^']+)'", stderr)
+    assert found, stderr
+    return shlex.split(found[-1])[1:]
+
+
+def test_an_interrupted_fewshot_run_is_finished_by_the_command_it_names(
+    fewshot_files,
+    fewshot_ave,
+    tmp_path,
+    monkeypatch,  # noqa: F811 (fixtures imported above)
+):
+    run = tmp_path / "K1"
+    _interrupt_first_run_after(monkeypatch, 1)
+    result = invoke(
+        "fewshot", "train", "--recipe", "fewshot-ave-cls", "--shots", "1", "--data", fewshot_ave,
+        "--output", run, *tiny_overrides(fewshot_files), "train.epochs=2", "train.batch_size=2",
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert not (run / "fewshot.json").exists()
+    command = _named_command(result.stderr)
+    assert command[:2] == ["fewshot", "train"]
+    result = invoke("--quiet", *command)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "fewshot.json").read_text())
+    assert summary["shots"] == 1 and summary["epochs"] == 2 and summary["test_accuracy"] is not None
+    assert summary["train_samples"] == 4
+    assert [m["epoch"] for m in metric_lines(run)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_an_interrupted_fewshot_sweep_is_finished_by_the_command_it_names(
+    fewshot_files,
+    fewshot_ave,
+    tmp_path,
+    monkeypatch,  # noqa: F811 (fixtures imported above)
+):
+    out = tmp_path / "sweep"
+    common = [*tiny_overrides(fewshot_files), "train.epochs=1", "train.batch_size=2"]
+    args = ["fewshot", "sweep", "--recipe", "fewshot-ave-cls", "--shots", "1,2", "--data", fewshot_ave]
+    real = Trainer.__init__
+    built = {"n": 0}
+
+    def init(self, *a, **k):  # the second K's run stops after a batch
+        real(self, *a, **k)
+        built["n"] += 1
+        if built["n"] == 2:
+            self.interrupt_after_batches = 1
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    result = invoke(*args, "--output", out, *common)
+    assert result.exit_code == 130, result.output
+    monkeypatch.undo()
+    assert (out / "K1" / "fewshot.json").is_file() and not (out / "K2" / "fewshot.json").exists()
+    command = _named_command(result.stderr)
+    assert command[:2] == ["fewshot", "sweep"]
+    k1 = (out / "K1" / "fewshot.json").read_bytes()
+    result = invoke("--quiet", *command)
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "sweep.json").read_text())
+    assert [r["shots"] for r in table["runs"]] == [1, 2] and all(
+        r["accuracy"] is not None for r in table["runs"]
+    )
+    assert (out / "K1" / "fewshot.json").read_bytes() == k1  # the finished K was kept
+    assert (out / "sweep.png").is_file()
+    # A new sweep over the same folder refuses the K folders that hold runs.
+    assert_error_ends_the_output(invoke(*args, "--output", out, *common), str(out / "K1"), "--overwrite")
