@@ -1,5 +1,7 @@
-"""Our checkpoint format: a safetensors file whose metadata carries the resolved recipe and a
-checksum of its tensors.
+"""Our checkpoint format: a safetensors file whose metadata carries the resolved recipe, a
+checksum of its tensors (``sha256``) and a checksum of the metadata itself (``metadata_sha256``,
+over every other metadata entry, the tensor checksum included): an edited recipe or class list is
+refused like a flipped byte.
 
 ``full`` checkpoints hold every weight (self-contained: what ``dgsct convert`` writes);
 ``delta`` checkpoints (training runs) hold only what training changes (trainable parameters and
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,12 @@ from .models.dgsct import DGSCTModel
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file
 from .schema import RecipeError, to_dict
 
-FORMAT = "dgsct-checkpoint-1"
+FORMAT = "dgsct-checkpoint-2"
+# Written before the metadata was checksummed: read, with a warning that only the tensors are
+# verified (their metadata cannot be checked).
+OLDER_FORMATS = ("dgsct-checkpoint-1",)
+META_CHECKSUM = "metadata_sha256"
+log = logging.getLogger(__name__)
 __all__ = [
     "FORMAT",
     "is_dgsct_checkpoint",
@@ -52,6 +60,12 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
         if t.numel():
             digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes, not a copy
     return digest.hexdigest()
+
+
+def metadata_checksum(meta: dict[str, str]) -> str:
+    """SHA-256 over every metadata entry but the metadata checksum itself, in key order."""
+    body = {k: v for k, v in meta.items() if k != META_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def save_checkpoint(
@@ -83,6 +97,7 @@ def save_checkpoint(
         "sha256": tensor_checksum(tensors),
         **(extra or {}),
     }
+    meta[META_CHECKSUM] = metadata_checksum(meta)
     with atomic_output(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=meta)
@@ -106,24 +121,53 @@ def _as_os_error(exc: Exception, path: Path) -> OSError:
     return OSError(code, os.strerror(code) if found else f"could not be written ({text[:200]})", str(path))
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    path = Path(path)
+def _raw_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as exc:
         raise CheckpointError(f"{path}: not a dgsct checkpoint (not a safetensors file: {exc})") from None
-    if meta.get("format") != FORMAT:
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of one of our checkpoints, its checksum verified."""
+    path = Path(path)
+    meta = _raw_metadata(path)
+    kind = meta.get("format")
+    if kind in OLDER_FORMATS:
+        _warn_older_format(path, kind)
+        return meta
+    if kind != FORMAT:
         raise CheckpointError(f"{path}: not a dgsct checkpoint (no '{FORMAT}' metadata)")
+    if meta.get(META_CHECKSUM) != metadata_checksum(meta):
+        raise CheckpointError(
+            f"{path}: damaged checkpoint: its metadata (recipe, class names, ...) does not match "
+            "the checksum it was saved with"
+        )
     return meta
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_older_format(path: Path, kind: str) -> None:
+    key = str(path.resolve())
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(
+            "%s: a checkpoint of an older dgsct (%s): its checksum covers the tensors only, so its "
+            "metadata (recipe, class names) is not verified",
+            path,
+            kind,
+        )
+
+
 def is_dgsct_checkpoint(path: str | Path) -> bool:
+    """Says it is one of ours (a damaged one included: reading it then names the damage)."""
     try:
-        read_metadata(path)
-        return True
+        return _raw_metadata(Path(path)).get("format") in (FORMAT, *OLDER_FORMATS)
     except CheckpointError:
         return False
 

@@ -16,7 +16,7 @@ import torch
 from conftest import synthetic_cache
 from rich.console import Console
 from safetensors.torch import load_file
-from test_fewshot_files import fewshot_ave, fewshot_files, tiny_overrides  # noqa: F401 (fixtures)
+from test_fewshot_files import tiny_overrides, write_tiny_files
 from typer.testing import CliRunner
 
 from dgsct_cli.cli.app import app
@@ -76,6 +76,14 @@ def files_of(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return synthetic_cache("ave", tmp_path_factory.mktemp("rel2") / "C", videos=8, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def fewshot(tmp_path_factory) -> tuple[list[str], Path]:
+    """Overrides for the tiny CLIP/CLAP/RoBERTa files, and a synthetic AVE cache at their 32 px."""
+    root = tmp_path_factory.mktemp("fewshot")
+    files = write_tiny_files(root / "weights")
+    return tiny_overrides(files), synthetic_cache("fewshot-ave", root / "ave", videos=24, image_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -238,17 +246,12 @@ def _named_command(stderr: str) -> list[str]:
     return shlex.split(found[-1])[1:]
 
 
-def test_an_interrupted_fewshot_run_is_finished_by_the_command_it_names(
-    fewshot_files,
-    fewshot_ave,
-    tmp_path,
-    monkeypatch,  # noqa: F811 (fixtures imported above)
-):
+def test_an_interrupted_fewshot_run_is_finished_by_the_command_it_names(fewshot, tmp_path, monkeypatch):
     run = tmp_path / "K1"
     _interrupt_first_run_after(monkeypatch, 1)
     result = invoke(
-        "fewshot", "train", "--recipe", "fewshot-ave-cls", "--shots", "1", "--data", fewshot_ave,
-        "--output", run, *tiny_overrides(fewshot_files), "train.epochs=2", "train.batch_size=2",
+        "fewshot", "train", "--recipe", "fewshot-ave-cls", "--shots", "1", "--data", fewshot[1],
+        "--output", run, *fewshot[0], "train.epochs=2", "train.batch_size=2",
     )  # fmt: skip
     assert result.exit_code == 130, result.output
     assert not (run / "fewshot.json").exists()
@@ -263,15 +266,10 @@ def test_an_interrupted_fewshot_run_is_finished_by_the_command_it_names(
 
 
 @pytest.mark.slow
-def test_an_interrupted_fewshot_sweep_is_finished_by_the_command_it_names(
-    fewshot_files,
-    fewshot_ave,
-    tmp_path,
-    monkeypatch,  # noqa: F811 (fixtures imported above)
-):
+def test_an_interrupted_fewshot_sweep_is_finished_by_the_command_it_names(fewshot, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
-    common = [*tiny_overrides(fewshot_files), "train.epochs=1", "train.batch_size=2"]
-    args = ["fewshot", "sweep", "--recipe", "fewshot-ave-cls", "--shots", "1,2", "--data", fewshot_ave]
+    common = [*fewshot[0], "train.epochs=1", "train.batch_size=2"]
+    args = ["fewshot", "sweep", "--recipe", "fewshot-ave-cls", "--shots", "1,2", "--data", fewshot[1]]
     real = Trainer.__init__
     built = {"n": 0}
 
@@ -299,3 +297,57 @@ def test_an_interrupted_fewshot_sweep_is_finished_by_the_command_it_names(
     assert (out / "sweep.png").is_file()
     # A new sweep over the same folder refuses the K folders that hold runs.
     assert_error_ends_the_output(invoke(*args, "--output", out, *common), str(out / "K1"), "--overwrite")
+
+
+# -- 3. the checksum covers the metadata ---------------------------------------------------------------
+
+
+def _rewrite_metadata(source: Path, target: Path, edit) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(target), metadata=edit(meta))
+
+
+def _edit_recipe(meta: dict) -> dict:
+    recipe = json.loads(meta["recipe"])
+    recipe["model"]["adapter"]["gamma"] = 0.95
+    return {**meta, "recipe": json.dumps(recipe)}
+
+
+def _reverse_classes(meta: dict) -> dict:
+    info = json.loads(meta["data"])
+    info["class_names"] = info["class_names"][::-1]
+    return {**meta, "data": json.dumps(info)}
+
+
+@pytest.mark.parametrize("edit", [_edit_recipe, _reverse_classes], ids=["recipe", "class-names"])
+def test_edited_checkpoint_metadata_is_refused(data, reference, tmp_path, edit):
+    from dgsct_cli.checkpoint import read_metadata
+    from dgsct_cli.models.weights import CheckpointError
+
+    bad = tmp_path / "edited.safetensors"
+    _rewrite_metadata(reference / "best.safetensors", bad, edit)
+    with pytest.raises(CheckpointError, match="metadata"):
+        read_metadata(bad)
+    result = invoke("eval", "--checkpoint", bad, "--data", data, "--split", "val")
+    assert_one_line_error(result, str(bad), "damaged checkpoint")
+    result = invoke("predict", "--checkpoint", bad, data / "nothing.mp4")
+    assert_one_line_error(result, str(bad), "damaged checkpoint")
+
+
+def test_a_checkpoint_of_the_older_format_loads_with_a_warning(data, reference, tmp_path, caplog):
+    from dgsct_cli.checkpoint import load_checkpoint
+
+    old = tmp_path / "old.safetensors"
+
+    def older(meta: dict) -> dict:
+        return {k: v for k, v in meta.items() if k != "metadata_sha256"} | {"format": "dgsct-checkpoint-1"}
+
+    _rewrite_metadata(reference / "best.safetensors", old, older)
+    with caplog.at_level("WARNING", logger="dgsct_cli.checkpoint"):
+        model, recipe, _ = load_checkpoint(old)
+    assert any("older dgsct" in r.getMessage() and str(old) in r.getMessage() for r in caplog.records)
+    assert recipe.task == "ave"
