@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from .atomic import atomic_output
 from .config import Recipe, recipe_from_dict
+from .encoder_files import check_encoder_files
 from .models.dgsct import DGSCTModel
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file
 from .schema import RecipeError, to_dict
@@ -219,6 +220,8 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tup
     path = Path(path)
     recipe, meta = checkpoint_recipe(path, overrides)
     full = meta.get("contents") == "full"
+    if not full:  # the frozen towers come from files: the ones it was trained with
+        check_encoder_files(_json_field(meta, "encoder_files", path), recipe.model, str(path))
     model = build_model(recipe, load_encoder_weights=not full)
     state = read_checkpoint_tensors(path)
     own = model.state_dict()

@@ -35,6 +35,7 @@ from .atomic import atomic_write_bytes, atomic_write_json
 from .checkpoint import read_checkpoint_tensors, save_checkpoint
 from .config import Recipe, recipe_to_yaml
 from .data.datasets import make_loader
+from .encoder_files import check_encoder_files, encoder_files
 from .evaluate import EvaluationInterrupted, evaluate
 from .factory import build_model, data_info, ensure_data, open_split
 from .runs import (
@@ -278,7 +279,10 @@ class Trainer:
                     "background_index": info.background_index,
                     "extra": info.extra,
                 }
-            )
+            ),
+            # The encoder files the frozen towers are rebuilt from, fingerprinted once here: a
+            # delta checkpoint (and --resume) refuses a different file at the same path.
+            "encoder_files": json.dumps(encoder_files(r.model)),
         }
         self.train_set = open_split(r, self.data_dir, r.data.train_split)
         self.val_set = open_split(r, self.data_dir, r.data.val_split)
@@ -395,8 +399,10 @@ class Trainer:
         tensors = read_checkpoint_tensors(weights, device=str(self.device))
         from .checkpoint import read_metadata
 
-        if read_metadata(weights).get("commit") != str(state["commit"]):
+        meta = read_metadata(weights)
+        if meta.get("commit") != str(state["commit"]):
             raise ValueError(f"{weights}: belongs to another state than {state_file}; cannot resume")
+        check_encoder_files(json.loads(meta.get("encoder_files", "{}")), self.recipe.model, str(self.out))
         self.model.load_state_dict(tensors, strict=False)
         try:
             self.optimizer.load_state_dict(state["optimizer"])

@@ -351,3 +351,57 @@ def test_a_checkpoint_of_the_older_format_loads_with_a_warning(data, reference, 
         model, recipe, _ = load_checkpoint(old)
     assert any("older dgsct" in r.getMessage() and str(old) in r.getMessage() for r in caplog.records)
     assert recipe.task == "ave"
+
+
+# -- 4. delta checkpoints check the encoder files they are rebuilt from --------------------------------
+
+
+@pytest.mark.slow
+def test_a_changed_encoder_file_is_refused_naming_it_unless_accepted(fewshot, tmp_path):
+    files = write_tiny_files(tmp_path / "weights")  # this test's own files: it replaces one
+    run, data = tmp_path / "run", fewshot[1]
+    result = invoke(
+        "--quiet", "train", "--recipe", "fewshot-ave-cls", "--data", data, "--output", run,
+        *tiny_overrides(files), "data.shots=1", "train.epochs=1", "train.batch_size=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(load_metadata(run / "best.safetensors")["encoder_files"])
+    assert set(recorded) == {"model.visual.weights", "model.audio.weights", "model.text.tokenizer"}
+    evaluate = ["eval", "--checkpoint", run, "--data", data, "--split", "val"]
+    assert invoke("--quiet", *evaluate).exit_code == 0  # the same files: accepted
+    shutil.copy(write_tiny_files(tmp_path / "other", seed=1)["clap"], files["clap"])
+    assert_one_line_error(
+        invoke(*evaluate), str(run / "best.safetensors"), f"model.audio.weights {files['clap']}",
+        "not the file it was trained with", "--accept-changed-encoders",
+    )  # fmt: skip
+    result = invoke(*evaluate, "--accept-changed-encoders")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and str(files["clap"]) in result.stderr
+    # Continuing the run on the changed file is refused as well.
+    result = invoke("train", "--output", run, "--resume", "train.epochs=2")
+    assert_error_ends_the_output(result, f"model.audio.weights {files['clap']}", "--accept-changed-encoders")
+
+
+def load_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def test_encoder_file_fingerprints_tell_files_apart(tmp_path):
+    from dgsct_cli.encoder_files import file_fingerprint
+
+    big = tmp_path / "big.bin"
+    raw = bytearray(torch.randn(4_000_000).numpy().tobytes())  # 16 MB: sampled
+    big.write_bytes(raw)
+    before = file_fingerprint(big)
+    raw[-1] ^= 1  # inside the last block, which is always read
+    big.write_bytes(raw)
+    assert file_fingerprint(big) != before and file_fingerprint(big)["size"] == before["size"]
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1000)
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "vocab.json").write_text("{}")
+    assert file_fingerprint(small)["size"] == 1000 and file_fingerprint(folder)["size"] == 2

@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import OPTIONS, command, configure_logging, console, err_console, show_progress
+from .common import (
+    OPTIONS,
+    checkpoint_command,
+    command,
+    configure_logging,
+    console,
+    err_console,
+    show_progress,
+)
 
 app = typer.Typer(
     help="DG-SCT for audio-visual downstream tasks: prepare data, train, evaluate, extract, visualise.",
@@ -197,7 +205,7 @@ def convert(
 
 
 @app.command()
-@command
+@checkpoint_command
 def train(
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe name (ave, ave.yaml) or path."),
     data: Path | None = typer.Option(
@@ -348,7 +356,7 @@ def _evaluate(
 
 
 @app.command("eval")
-@command
+@checkpoint_command
 def eval_(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -393,7 +401,7 @@ def _features(
 
 
 @app.command()
-@command
+@checkpoint_command
 def extract(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -419,7 +427,7 @@ def extract(
 
 
 @visualize_app.command("tsne")
-@command
+@checkpoint_command
 def tsne(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -489,7 +497,7 @@ def _clip_stem(path: Path, used: set[str]) -> str:
 
 
 @app.command()
-@command
+@checkpoint_command
 def predict(
     videos: list[Path] = typer.Argument(..., help="Clips to predict on (mp4 or any format FFmpeg reads)."),
     checkpoint: CheckpointOption = ...,
@@ -560,7 +568,7 @@ def predict(
 
 
 @visualize_app.command("attention")
-@command
+@checkpoint_command
 def attention(
     checkpoint: CheckpointOption,
     videos: list[Path] = typer.Argument(None, help="Clips (or use --data/--split)."),
@@ -674,8 +682,8 @@ def masks(
 
 
 # The task draws (Task.draw_predictions); "predictions" is the same command under a generic name.
-visualize_app.command("masks")(command(masks))
-visualize_app.command("predictions", hidden=True)(command(masks))
+visualize_app.command("masks")(checkpoint_command(masks))
+visualize_app.command("predictions", hidden=True)(checkpoint_command(masks))
 
 
 def _register_subapps() -> None:

@@ -190,3 +190,30 @@ def command(fn):
 
     wrapper.__signature__ = sig.replace(parameters=[*positional, *keyword, *_COMMON])
     return wrapper
+
+
+def checkpoint_command(fn):
+    """``command`` for a command that rebuilds a model from a checkpoint or continues a run: it
+    also takes ``--accept-changed-encoders`` (use encoder files that differ from those the
+    checkpoint was trained with, with a warning; see ``dgsct_cli/encoder_files.py``)."""
+    sig = inspect.signature(fn, eval_str=True)
+    accept = inspect.Parameter(
+        "accept_changed_encoders",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            False,
+            "--accept-changed-encoders",
+            help="Use encoder weight files that differ from those the checkpoint was trained with.",
+        ),
+        annotation=bool,
+    )
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, accept_changed_encoders: bool = False, **kwargs: Any) -> Any:
+        from ..encoder_files import accepting_changed_encoders
+
+        with accepting_changed_encoders(accept_changed_encoders):
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), accept])
+    return command(wrapper)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import command, console, err_console, show_progress
+from .common import checkpoint_command, console, err_console, show_progress
 
 fewshot_app = typer.Typer(
     help="Few-shot training (K samples per class), K sweeps, pre-training and zero-shot evaluation.",
@@ -57,7 +57,7 @@ def _summary_line(summary: dict) -> str:
 
 
 @fewshot_app.command("train")
-@command
+@checkpoint_command
 def train(
     recipe: str | None = typer.Option(
         None, "--recipe", "-r", help="Recipe name or path (its task decides the setting)."
@@ -106,7 +106,7 @@ def train(
 
 
 @fewshot_app.command("sweep")
-@command
+@checkpoint_command
 def sweep(
     recipe: str | None = typer.Option(
         None, "--recipe", "-r", help="Recipe name or path (its task decides the setting)."
@@ -186,7 +186,7 @@ def sweep(
 
 
 @fewshot_app.command("pretrain")
-@command
+@checkpoint_command
 def pretrain(
     recipe: str = RecipeOption,
     data: Path | None = DataOpt,
@@ -242,7 +242,7 @@ def pretrain(
 
 
 @fewshot_app.command("zeroshot")
-@command
+@checkpoint_command
 def zeroshot(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Pre-training run folder or checkpoint."),
     dataset: str = typer.Option(..., "--dataset", help="Target dataset whose class names are scored."),
