@@ -405,3 +405,69 @@ def test_encoder_file_fingerprints_tell_files_apart(tmp_path):
     folder.mkdir()
     (folder / "vocab.json").write_text("{}")
     assert file_fingerprint(small)["size"] == 1000 and file_fingerprint(folder)["size"] == 2
+
+
+# -- 2. few-shot validation sees the current prompts -----------------------------------------------------
+
+
+def test_text_features_follow_a_fused_adam_step(fewshot):
+    """The fused Adam step changes the prompt context in place without bumping its version counter:
+    the cached text features must not outlive it."""
+    from dgsct_cli.factory import build_model, data_info
+    from dgsct_cli.train import make_optimizer
+
+    recipe = load_recipe("fewshot-ave", [*fewshot[0], "train.lr=0.5"])
+    torch.manual_seed(0)
+    model = build_model(recipe, data_info(recipe, fewshot[1])).eval()
+    frames, audio = torch.randn(2, 10, 3, 32, 32), torch.randn(2, 10, 64000) * 0.1
+    with torch.no_grad():
+        before = model(frames=frames, audio=audio)["event_logits"]  # fills the cache
+    optimizer = make_optimizer(model, recipe.train)
+    assert optimizer.defaults.get("fused")
+    model.train()
+    out = model(frames=frames, audio=audio)
+    out["event_logits"].sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        cached = model(frames=frames, audio=audio)["event_logits"]
+        model.head._text_cache.clear()
+        fresh = model(frames=frames, audio=audio)["event_logits"]
+    assert not torch.equal(before, fresh)  # the step changed the model
+    torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
+
+
+FEWSHOT_TINY = "fewshot"  # marks recipes that run on the tiny CLIP/CLAP/RoBERTa files
+TASK_RECIPES = [
+    ("ave-tiny", []),
+    ("avvp-tiny", ["data.synthetic_videos=24"]),
+    ("avqa-grounding-tiny", []),
+    ("avqa-tiny", ["train.init_from=null"]),
+    ("avs-s4-tiny", ["data.synthetic_videos=12"]),
+    ("avs-ms3-tiny", ["data.synthetic_videos=12"]),
+    ("fewshot-ave", [FEWSHOT_TINY]),
+    ("fewshot-ave-cls", [FEWSHOT_TINY]),
+    ("fewshot-llp-cls", [FEWSHOT_TINY]),
+    ("pretrain-vggsound40k", [FEWSHOT_TINY]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, extra", TASK_RECIPES, ids=[name for name, _ in TASK_RECIPES])
+def test_validation_during_training_equals_a_fresh_eval_of_the_same_weights(name, extra, fewshot, tmp_path):
+    from dgsct_cli.evaluate import evaluate
+    from dgsct_cli.factory import open_checkpoint_split
+
+    if FEWSHOT_TINY in extra:
+        extra = [*fewshot[0], "train.lr=0.05"]  # a large step: stale prompts would show
+    overrides = ["data.num_workers=0", "train.epochs=2", "train.max_steps_per_epoch=2", *extra]
+    recipe = load_recipe(name, overrides)
+    run, data = tmp_path / "run", tmp_path / "data"
+    Trainer(recipe, data, run, console=Console(quiet=True), show_progress=False, synthetic=True).run()
+    logged = json.loads((run / "last.json").read_text())
+    assert logged["epoch"] == 2
+    split = recipe.data.val_split
+    model, r, _, task, dataset, device = open_checkpoint_split(run / "last.safetensors", data, split)
+    fresh = evaluate(model, dataset, task, device, r.train.eval_batch_size, 0, r.train.precision, None, False)
+    scalars = {k: v for k, v in fresh.items() if isinstance(v, int | float)}
+    assert scalars and {k: logged["val"][k] for k in scalars} == pytest.approx(scalars, abs=1e-6)
