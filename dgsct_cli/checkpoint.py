@@ -251,6 +251,14 @@ def resolve_run_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _check_recipe_task(recipe: Recipe | None, task: str, path: Path, kind: str) -> None:
+    if recipe is not None and recipe.task != task:
+        raise CheckpointError(
+            f"--recipe {recipe.source or recipe.name} is for task {recipe.task}, but {path} is {kind} "
+            f"{task} checkpoint; give a {task} recipe (or none)"
+        )
+
+
 def load_any_checkpoint(
     path: str | Path, recipe_for_release: Recipe | None = None
 ) -> tuple[DGSCTModel, Recipe, str]:
@@ -263,6 +271,9 @@ def load_any_checkpoint(
     path = resolve_run_checkpoint(path)
     if is_dgsct_checkpoint(path):
         model, recipe, _ = load_checkpoint(path)
+        _check_recipe_task(recipe_for_release, recipe.task, path, "a")
+        if recipe_for_release is not None:
+            log.warning("%s: carries its own recipe; --recipe (for release checkpoints) is not used", path)
         return model, recipe, "dgsct"
     state = load_state_dict_file(path)
     task = detect_release_task(state)
@@ -270,6 +281,7 @@ def load_any_checkpoint(
         raise CheckpointError(
             f"{path}: neither a dgsct checkpoint nor a recognised DG-SCT release checkpoint"
         )
+    _check_recipe_task(recipe_for_release, task, path, "a release")
     recipe = release_recipe(task, recipe_for_release)
     model = load_official_checkpoint(task, state, recipe.model)
     return model, recipe, "release"

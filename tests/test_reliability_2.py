@@ -471,3 +471,74 @@ def test_validation_during_training_equals_a_fresh_eval_of_the_same_weights(name
     fresh = evaluate(model, dataset, task, device, r.train.eval_batch_size, 0, r.train.precision, None, False)
     scalars = {k: v for k, v in fresh.items() if isinstance(v, int | float)}
     assert scalars and {k: logged["val"][k] for k in scalars} == pytest.approx(scalars, abs=1e-6)
+
+
+# -- 5. unchecked settings get one line ------------------------------------------------------------------
+
+
+def test_an_empty_recipe_or_one_without_a_task_is_refused(tmp_path):
+    from dgsct_cli.config import RecipeError
+
+    empty, taskless = tmp_path / "empty.yaml", tmp_path / "taskless.yaml"
+    empty.write_text("# nothing yet\n")
+    taskless.write_text("train: {epochs: 2}\n")
+    with pytest.raises(RecipeError, match="empty"):
+        load_recipe(str(empty))
+    with pytest.raises(RecipeError, match="task"):
+        load_recipe(str(taskless))
+    assert load_recipe(str(taskless), ["task=ave"]).train.epochs == 2
+    assert_one_line_error(invoke("recipes", "show", empty), str(empty), "empty")
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("model.audio.num_heads=[2,3,8,16]", ["model.audio", "num_heads[1] = 3", "64"]),
+        ("model.text.roberta.hiden_size=32", ["model.text.roberta", "hiden_size", "hidden_size"]),
+        ("model.text.roberta.num_attention_heads=5", ["model.text.roberta", "num_attention_heads"]),
+    ],
+)
+def test_settings_the_model_would_ignore_or_bend_are_refused(override, fragments):
+    from dgsct_cli.config import RecipeError
+
+    recipe = "fewshot-ave" if override.startswith("model.text") else "ave-tiny"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe, [override])
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("model.visual.args.foo=1", ["model.visual.args.foo", "embed_dim"]),
+        ("model.visual.args.embed_dim=-16", ["model.visual.args.embed_dim", "-16"]),
+        ("model.visual.name=no_such_model", ["model.visual.name", "no_such_model"]),
+        ("model.visual.args.num_heads=[2,4,8,5]", ["model.visual.args.num_heads", "5"]),
+    ],
+)
+def test_timm_settings_are_checked_naming_the_key(override, fragments, tmp_path):
+    result = invoke("info", "--recipe", "ave-tiny", override)
+    line = assert_one_line_error(result, *fragments)
+    assert "Traceback" not in line
+
+
+def test_more_shots_than_a_class_has_is_a_warning(fewshot, caplog):
+    from dgsct_cli.factory import open_split
+
+    recipe = load_recipe("fewshot-ave-cls", [*fewshot[0], "data.shots=10000"])
+    with caplog.at_level("WARNING"):
+        dataset = open_split(recipe, fewshot[1], "train")
+    warnings = [r.getMessage() for r in caplog.records if "data.shots=10000" in r.getMessage()]
+    assert len(warnings) == 1 and f"{len(dataset)} samples" in warnings[0], caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        open_split(load_recipe("fewshot-ave-cls", [*fewshot[0], "data.shots=1"]), fewshot[1], "train")
+    assert not [r for r in caplog.records if "data.shots" in r.getMessage()]
+
+
+def test_eval_with_a_recipe_of_another_task_is_refused(data, reference):
+    result = invoke(
+        "eval", "--checkpoint", reference, "--data", data, "--split", "val", "--recipe", "avvp-tiny"
+    )
+    assert_one_line_error(result, "--recipe", "avvp", "ave")
