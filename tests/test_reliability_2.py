@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import synthetic_cache
@@ -542,3 +543,46 @@ def test_eval_with_a_recipe_of_another_task_is_refused(data, reference):
         "eval", "--checkpoint", reference, "--data", data, "--split", "val", "--recipe", "avvp-tiny"
     )
     assert_one_line_error(result, "--recipe", "avvp", "ave")
+
+
+# -- 5, 11. AVSBench PNGs: an alpha-only mask, an odd-sized frame, a decompression bomb ------------------
+
+
+def _ms3_rows(root: Path):
+    from dgsct_cli.data.avsbench import get_setting, read_meta, setting_root
+
+    spec = get_setting("ms3")
+    base = setting_root(root, spec)
+    rows = [r for r in read_meta(base / spec.csv, spec) if r.split == "train"]
+    return spec, base / spec.data, rows
+
+
+def test_avs_pngs_an_alpha_mask_an_odd_frame_and_a_huge_png_are_reported(tmp_path, caplog):
+    from PIL import Image
+
+    from dgsct_cli.data.avsbench import prepare_avsbench, write_synthetic_avsbench
+
+    root = write_synthetic_avsbench(tmp_path / "raw", "ms3", num_videos=8)
+    spec, data, rows = _ms3_rows(root)
+    alpha, odd, huge = rows[0], rows[1], rows[2]
+    # A mask whose object is only in its alpha channel (the colour channels are black).
+    mask_path = spec.mask_path(data, alpha, 1)
+    grey = np.asarray(Image.open(mask_path).convert("L"))
+    assert grey.any()
+    rgba = np.zeros((*grey.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = grey
+    Image.fromarray(rgba, mode="RGBA").save(mask_path)
+    # A frame of another size and shape (AVSBench's are 224 x 224).
+    frame_path = spec.frame_path(data, odd, 2)
+    Image.open(frame_path).resize((300, 200)).save(frame_path)
+    # A PNG above PIL's decompression-bomb limit (small on disk: one colour).
+    Image.new("1", (14000, 13000)).save(spec.frame_path(data, huge, 1))
+    with caplog.at_level("WARNING"):
+        summary = prepare_avsbench(root, tmp_path / "cache", "ms3", progress=False)
+    reasons = {s.video_id: s.reason for s in summary.skipped}
+    assert set(reasons) == {alpha.name, huge.name}, reasons
+    assert "alpha" in reasons[alpha.name] and mask_path.name in reasons[alpha.name]
+    assert "pixels" in reasons[huge.name] and f"{huge.name}.mp4_1.png" in reasons[huge.name]
+    resized = [r.getMessage() for r in caplog.records if "224" in r.getMessage()]
+    assert len(resized) == 1 and odd.name in resized[0] and "300x200" in resized[0], caplog.text
+    assert "300x200" in summary.details.get("PNGs resized", "")
