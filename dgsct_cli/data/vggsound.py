@@ -157,8 +157,8 @@ def _load_frames_and_wave(
         try:
             with Image.open(path) as img:
                 frames.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-        except OSError as exc:
-            raise DecodeError(f"corrupt: {path.name}: {exc}") from None
+        except (OSError, Image.DecompressionBombError) as exc:  # the latter: above PIL's pixel limit
+            raise DecodeError(f"corrupt: {path.name}: {' '.join(str(exc).split())[:120]}") from None
     if len({f.shape for f in frames}) != 1:
         raise DecodeError("corrupt: frames of different sizes")
     stack = np.stack(frames)
