@@ -586,3 +586,34 @@ def test_avs_pngs_an_alpha_mask_an_odd_frame_and_a_huge_png_are_reported(tmp_pat
     resized = [r.getMessage() for r in caplog.records if "224" in r.getMessage()]
     assert len(resized) == 1 and odd.name in resized[0] and "300x200" in resized[0], caplog.text
     assert "300x200" in summary.details.get("PNGs resized", "")
+
+
+# -- 10. a damaged cache file: the video and the file, in one short line -----------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_cache_file_is_one_short_line_naming_the_video_and_file(data, tmp_path, workers):
+    cache = tmp_path / "C"
+    shutil.copytree(data, cache)
+    video = json.loads((cache / "manifest.json").read_text())["samples"][0]["video_id"]
+    damaged = cache / "frames" / f"{video}.npy"
+    damaged.write_bytes(damaged.read_bytes()[:300])  # cut short, as by a full disk or a copy
+    result = invoke(
+        "--quiet", "train", "--recipe", "ave-tiny", "--data", cache, "--output", tmp_path / "run", *BASE,
+        "train.epochs=1", f"data.num_workers={workers}",
+    )  # fmt: skip
+    line = assert_error_ends_the_output(result, video, str(damaged), "damaged")
+    assert len(line) < 400 and "Traceback" not in line and "File " not in line, line
+
+
+def test_a_cache_file_with_pickled_objects_is_refused_without_the_allow_pickle_advice(data, tmp_path):
+    from dgsct_cli.data.manifest import PreparedCache
+
+    cache = tmp_path / "C"
+    shutil.copytree(data, cache)
+    video = json.loads((cache / "manifest.json").read_text())["samples"][0]["video_id"]
+    np.save(cache / "audio" / f"{video}.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError) as info:
+        PreparedCache(cache).audio(video)
+    message = str(info.value)
+    assert video in message and "allow_pickle" not in message and "pickled" in message, message

@@ -38,6 +38,7 @@ from .manifest import (
     atomic_save_npy,
     build_manifest,
     frames_kind,
+    npy_problem,
     remove_stale_temp_files,
     validate_manifest,
     write_manifest,
@@ -168,7 +169,7 @@ def _load_frames_and_wave(
     try:
         wave = np.load(wave_path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DecodeError(f"corrupt: wave: {exc}") from None
+        raise DecodeError(f"corrupt: wave: {npy_problem(exc)}") from None
     wave = np.asarray(wave, dtype=np.float32).reshape(-1)
     if wave.size != num_segments * sample_rate:
         raise DecodeError(
