@@ -617,3 +617,26 @@ def test_a_cache_file_with_pickled_objects_is_refused_without_the_allow_pickle_a
         PreparedCache(cache).audio(video)
     message = str(info.value)
     assert video in message and "allow_pickle" not in message and "pickled" in message, message
+
+
+# -- 12. never pass on the advice to load a file with weights_only=False / allow_pickle ----------------
+
+
+def _pickled_object_file(path: Path) -> Path:
+    import argparse
+
+    torch.save({"visual.conv1.weight": torch.zeros(1), "args": argparse.Namespace(lr=1)}, path)
+    return path
+
+
+@pytest.mark.parametrize("reader", ["clip", "r2plus1d"])
+def test_weight_readers_do_not_advise_unsafe_loading(reader, tmp_path):
+    from dgsct_cli.data.r2plus1d import load_r2plus1d_18
+    from dgsct_cli.models.encoders.clip import read_openai_clip
+
+    path = _pickled_object_file(tmp_path / "weights.pt")
+    with pytest.raises(ValueError) as info:
+        (read_openai_clip if reader == "clip" else load_r2plus1d_18)(path)
+    message = str(info.value)
+    assert str(path) in message and "pickled objects" in message, message
+    assert "weights_only" not in message and "\n" not in message and len(message) < 300, message

@@ -95,8 +95,10 @@ def load_r2plus1d_18(weights: str | Path) -> torch.nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a usable state dict"
+        from ..models.weights import unsafe_load_reason
+
         raise ValueError(
-            f"{path}: cannot be read as a torch state dict ({type(exc).__name__}: {exc})"
+            f"{path}: cannot be read as a torch state dict ({unsafe_load_reason(exc)})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
