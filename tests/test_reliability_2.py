@@ -640,3 +640,38 @@ def test_weight_readers_do_not_advise_unsafe_loading(reader, tmp_path):
     message = str(info.value)
     assert str(path) in message and "pickled objects" in message, message
     assert "weights_only" not in message and "\n" not in message and len(message) < 300, message
+
+
+# -- 13. the right file, the right key, the exit code the README promises ----------------------------------
+
+
+def test_an_unknown_class_in_annotations_is_blamed_on_its_line(tmp_path):
+    from dgsct_cli.data.ave import prepare_ave
+    from dgsct_cli.data.synthetic import write_synthetic_ave
+
+    root = write_synthetic_ave(tmp_path / "raw", num_videos=6, image_size=32, seconds=4)
+    annotations = root / "Annotations.txt"
+    lines = annotations.read_text().splitlines()
+    video = lines[1].split("&")[1]
+    annotations.write_text("\n".join([*lines, f"Banjo&{video}&good&0&4"]) + "\n")
+    where = f"{annotations}:{len(lines) + 1}:"
+    summary = prepare_ave(root, tmp_path / "C", workers=1, image_size=32, progress=False)
+    assert [m for m in summary.bad_lines if "Banjo" in m] == [
+        f"{where} unknown category 'Banjo' (not in {root / 'categories.txt'})"
+    ]
+    result = invoke("prepare", "ave", "--root", root, "--out", tmp_path / "D", "--strict", "--workers", "1")
+    line = assert_one_line_error(result, where, "Banjo")
+    assert not line.startswith(f"error: {root / 'categories.txt'}")
+    # A class categories.txt lists but no annotation line has is categories.txt's fault.
+    annotations.write_text("\n".join(lines) + "\n")
+    (root / "categories.txt").write_text((root / "categories.txt").read_text() + "Banjo\n")
+    result = invoke("prepare", "ave", "--root", root, "--out", tmp_path / "E", "--workers", "1")
+    assert_one_line_error(result, str(root / "categories.txt"), "Banjo")
+
+
+def test_usage_errors_exit_with_the_code_the_readme_gives():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().lower()
+    assert "usage errors" in readme and "exit code 2" in readme
+    for args in (["train", "--no-such-option"], ["eval"], ["predict", "--checkpoint"]):
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
