@@ -675,3 +675,25 @@ def test_usage_errors_exit_with_the_code_the_readme_gives():
     for args in (["train", "--no-such-option"], ["eval"], ["predict", "--checkpoint"]):
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_convert_names_the_release_key_a_file_lacks(tmp_path):
+    """A release file without one key: the message names that key as the file spells it (not ours,
+    whose stage numbers differ, and not keys the file has)."""
+    from dgsct_cli.convert import release_key
+    from dgsct_cli.factory import build_model
+
+    model = build_model(load_recipe("avs-s4-tiny"), load_encoder_weights=False)
+    state = {release_key(k): v for k, v in model.state_dict().items()}
+    assert "swin.layers.0.downsample.reduction.weight" in state  # the release merges at a stage's end
+    assert "htsat.layers.0.downsample.reduction.weight" in state
+    torch.save(state, tmp_path / "whole.pth")
+    result = invoke("--quiet", "convert", "avs-s4", tmp_path / "whole.pth", "--out", tmp_path / "ok.safetensors",
+                    "--recipe", "avs-s4-tiny")  # fmt: skip
+    assert result.exit_code == 0, result.output  # the inverse names are the release's
+    for lacking in ("swin.layers.0.downsample.reduction.weight", "htsat.layers.1.downsample.norm.weight"):
+        torch.save({k: v for k, v in state.items() if k != lacking}, tmp_path / "part.pth")
+        result = invoke("convert", "avs-s4", tmp_path / "part.pth", "--out", tmp_path / "x.safetensors",
+                        "--recipe", "avs-s4-tiny")  # fmt: skip
+        line = assert_one_line_error(result, "1 missing key(s)", lacking)
+        assert "unexpected" not in line, line
