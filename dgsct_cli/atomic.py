@@ -49,6 +49,18 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextmanager
+def naming_the_folder(folder: str | Path) -> Iterator[None]:
+    """An ``OSError`` without a file name (``write()`` on a full disk) raised in the block names
+    ``folder``, the place being written, so its message never says just "a file"."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(folder)) from None
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (fsynced, so a crash cannot leave an empty file)."""
     with atomic_output(path) as tmp:

@@ -169,11 +169,14 @@ def ensure_data(
         console.print(
             f"[cyan]{data_dir}: writing and preparing a synthetic {task.name.upper()} dataset there"
         )
-    task.write_synthetic(
-        data_dir,
-        videos=recipe.data.synthetic_videos,
-        image_size=recipe.model.visual.img_size,
-        progress=show_progress,
-        console=console,
-    )
+    from .atomic import naming_the_folder
+
+    with naming_the_folder(data_dir):
+        task.write_synthetic(
+            data_dir,
+            videos=recipe.data.synthetic_videos,
+            image_size=recipe.model.visual.img_size,
+            progress=show_progress,
+            console=console,
+        )
     return data_dir

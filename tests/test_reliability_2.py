@@ -697,3 +697,14 @@ def test_convert_names_the_release_key_a_file_lacks(tmp_path):
                         "--recipe", "avs-s4-tiny")  # fmt: skip
         line = assert_one_line_error(result, "1 missing key(s)", lacking)
         assert "unexpected" not in line, line
+
+
+def test_a_full_disk_while_writing_a_synthetic_dataset_names_the_folder(tmp_path, monkeypatch):
+    from pathlib import Path as P
+
+    def full(self, data, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
+
+    monkeypatch.setattr(P, "write_text", full)
+    result = invoke("prepare", "ave", "--synthetic", "--videos", "3", "--out", tmp_path / "C")
+    assert_one_line_error(result, str(tmp_path / "C" / "raw"), "no space left")
