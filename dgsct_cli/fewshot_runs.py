@@ -237,6 +237,7 @@ def run_sweep(
     console = console or Console(stderr=True)
     output = Path(output)
     record_path = output / SWEEP_RECORD
+    added = list(overrides or [])  # given with --resume: on top of the runs' own
     if resume:
         if recipe_name is not None:
             raise ValueError("--resume continues the sweep with its own recipe and shots: drop --recipe")
@@ -294,7 +295,7 @@ def run_sweep(
                 k,
                 run,
                 data=data,
-                overrides=None if again else overrides,
+                overrides=added if again else overrides,
                 protocol=protocol,
                 synthetic=synthetic and i == 0,
                 console=console,

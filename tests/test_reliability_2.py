@@ -97,6 +97,7 @@ def reference(data, tmp_path_factory) -> Path:
 # -- 1. a new run never eats a finished one ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_new_run_on_a_run_folder_is_refused_and_overwrite_moves_the_old_run_aside(
     data, reference, tmp_path
 ):
@@ -141,6 +142,7 @@ def test_a_folder_without_a_run_is_used_as_it_is(data, tmp_path):
 # -- 6. each epoch is logged once; 8. a full disk is one line naming the file ------------------------
 
 
+@pytest.mark.slow
 def test_a_kill_right_after_validation_then_resume_logs_each_epoch_once(data, reference, tmp_path):
     run = tmp_path / "run"
     # Commits: 1 = epoch 1 trained, 2 = epoch 1 validated (its metrics line is written before).
@@ -171,6 +173,7 @@ def _full_disk_at(monkeypatch, call: int):
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_training_is_one_line_naming_the_file_and_the_run_resumes(
     data, reference, tmp_path, monkeypatch
 ):
@@ -247,6 +250,7 @@ def _named_command(stderr: str) -> list[str]:
     return shlex.split(found[-1])[1:]
 
 
+@pytest.mark.slow
 def test_an_interrupted_fewshot_run_is_finished_by_the_command_it_names(fewshot, tmp_path, monkeypatch):
     run = tmp_path / "K1"
     _interrupt_first_run_after(monkeypatch, 1)

@@ -40,10 +40,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def unsafe_load_reason(exc: BaseException) -> str:
     """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words. Never torch's
     advice to load it with ``weights_only=False``: that would run code from the file."""
-    text = str(exc)
-    if "Unsupported global" in text or "Weights only load failed" in text:
+    if "Unsupported global" in str(exc):
         return "it holds pickled objects or code, not only tensors"
-    return f"not a readable torch file ({type(exc).__name__})"
+    return f"not a readable torch checkpoint ({type(exc).__name__})"
 
 
 def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, torch.Tensor]:
