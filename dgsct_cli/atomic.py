@@ -38,9 +38,27 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        # write() and flush() raise without a file name (and a failed write names the temp
+        # file): name the file being written, so a full disk says which one.
+        if exc.filename is None or TMP_PREFIX in os.path.basename(str(exc.filename)):
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def naming_the_folder(folder: str | Path) -> Iterator[None]:
+    """An ``OSError`` without a file name (``write()`` on a full disk) raised in the block names
+    ``folder``, the place being written, so its message never says just "a file"."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(folder)) from None
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -1,5 +1,7 @@
-"""Our checkpoint format: a safetensors file whose metadata carries the resolved recipe and a
-checksum of its tensors.
+"""Our checkpoint format: a safetensors file whose metadata carries the resolved recipe, a
+checksum of its tensors (``sha256``) and a checksum of the metadata itself (``metadata_sha256``,
+over every other metadata entry, the tensor checksum included): an edited recipe or class list is
+refused like a flipped byte.
 
 ``full`` checkpoints hold every weight (self-contained: what ``dgsct convert`` writes);
 ``delta`` checkpoints (training runs) hold only what training changes (trainable parameters and
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,17 @@ from safetensors import safe_open
 
 from .atomic import atomic_output
 from .config import Recipe, recipe_from_dict
+from .encoder_files import check_encoder_files
 from .models.dgsct import DGSCTModel
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file
 from .schema import RecipeError, to_dict
 
-FORMAT = "dgsct-checkpoint-1"
+FORMAT = "dgsct-checkpoint-2"
+# Written before the metadata was checksummed: read, with a warning that only the tensors are
+# verified (their metadata cannot be checked).
+OLDER_FORMATS = ("dgsct-checkpoint-1",)
+META_CHECKSUM = "metadata_sha256"
+log = logging.getLogger(__name__)
 __all__ = [
     "FORMAT",
     "is_dgsct_checkpoint",
@@ -52,6 +61,12 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
         if t.numel():
             digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes, not a copy
     return digest.hexdigest()
+
+
+def metadata_checksum(meta: dict[str, str]) -> str:
+    """SHA-256 over every metadata entry but the metadata checksum itself, in key order."""
+    body = {k: v for k, v in meta.items() if k != META_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def save_checkpoint(
@@ -83,29 +98,77 @@ def save_checkpoint(
         "sha256": tensor_checksum(tensors),
         **(extra or {}),
     }
+    meta[META_CHECKSUM] = metadata_checksum(meta)
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' SafetensorError is not an OSError
+            raise _as_os_error(exc, path) from None
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    path = Path(path)
+def _as_os_error(exc: Exception, path: Path) -> OSError:
+    """The ``OSError`` behind a safetensors write error (``IoError(Os { code: 28, ... })``), naming
+    ``path``; an error without an OS code becomes EIO with safetensors' own words."""
+    import errno
+    import os
+    import re
+
+    text = " ".join(str(exc).split())
+    found = re.search(r"code: (\d+)", text)
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else f"could not be written ({text[:200]})", str(path))
+
+
+def _raw_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as exc:
         raise CheckpointError(f"{path}: not a dgsct checkpoint (not a safetensors file: {exc})") from None
-    if meta.get("format") != FORMAT:
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of one of our checkpoints, its checksum verified."""
+    path = Path(path)
+    meta = _raw_metadata(path)
+    kind = meta.get("format")
+    if kind in OLDER_FORMATS:
+        _warn_older_format(path, kind)
+        return meta
+    if kind != FORMAT:
         raise CheckpointError(f"{path}: not a dgsct checkpoint (no '{FORMAT}' metadata)")
+    if meta.get(META_CHECKSUM) != metadata_checksum(meta):
+        raise CheckpointError(
+            f"{path}: damaged checkpoint: its metadata (recipe, class names, ...) does not match "
+            "the checksum it was saved with"
+        )
     return meta
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_older_format(path: Path, kind: str) -> None:
+    key = str(path.resolve())
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(
+            "%s: a checkpoint of an older dgsct (%s): its checksum covers the tensors only, so its "
+            "metadata (recipe, class names) is not verified",
+            path,
+            kind,
+        )
+
+
 def is_dgsct_checkpoint(path: str | Path) -> bool:
+    """Says it is one of ours (a damaged one included: reading it then names the damage)."""
     try:
-        read_metadata(path)
-        return True
+        return _raw_metadata(Path(path)).get("format") in (FORMAT, *OLDER_FORMATS)
     except CheckpointError:
         return False
 
@@ -157,8 +220,9 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tup
     path = Path(path)
     recipe, meta = checkpoint_recipe(path, overrides)
     full = meta.get("contents") == "full"
-    if not full:  # the frozen encoders come from the recipe's files
+    if not full:  # the frozen towers come from files: the ones it was trained with
         ensure_files(recipe)
+        check_encoder_files(_json_field(meta, "encoder_files", path), recipe.model, str(path))
     model = build_model(recipe, load_encoder_weights=not full)
     state = read_checkpoint_tensors(path)
     own = model.state_dict()
@@ -196,6 +260,14 @@ def resolve_run_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _check_recipe_task(recipe: Recipe | None, task: str, path: Path, kind: str) -> None:
+    if recipe is not None and recipe.task != task:
+        raise CheckpointError(
+            f"--recipe {recipe.source or recipe.name} is for task {recipe.task}, but {path} is {kind} "
+            f"{task} checkpoint; give a {task} recipe (or none)"
+        )
+
+
 def load_any_checkpoint(
     path: str | Path, recipe_for_release: Recipe | None = None
 ) -> tuple[DGSCTModel, Recipe, str]:
@@ -208,6 +280,9 @@ def load_any_checkpoint(
     path = resolve_run_checkpoint(path)
     if is_dgsct_checkpoint(path):
         model, recipe, _ = load_checkpoint(path)
+        _check_recipe_task(recipe_for_release, recipe.task, path, "a")
+        if recipe_for_release is not None:
+            log.warning("%s: carries its own recipe; --recipe (for release checkpoints) is not used", path)
         return model, recipe, "dgsct"
     state = load_state_dict_file(path)
     task = detect_release_task(state)
@@ -215,6 +290,7 @@ def load_any_checkpoint(
         raise CheckpointError(
             f"{path}: neither a dgsct checkpoint nor a recognised DG-SCT release checkpoint"
         )
+    _check_recipe_task(recipe_for_release, task, path, "a release")
     recipe = release_recipe(task, recipe_for_release)
     model = load_official_checkpoint(task, state, recipe.model)
     return model, recipe, "release"

@@ -217,6 +217,15 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     if overrides:
         raw = apply_overrides(raw, overrides)
         where = f"{path} (with overrides {' '.join(overrides)})"
+    # Every default is the full-size AVE recipe's: a file that names no task is a mistake, not AVE.
+    if not raw:
+        raise RecipeError(
+            f"{where}: the recipe is empty (a recipe names at least its task, e.g. 'task: ave')"
+        )
+    if "task" not in raw:
+        raise RecipeError(
+            f"{where}: no 'task' key (e.g. 'task: ave'; 'dgsct recipes list' shows each recipe's task)"
+        )
     recipe = recipe_from_dict(raw, where)
     recipe.name = recipe.name or path.stem
     recipe.source = os.fspath(path)

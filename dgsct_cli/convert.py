@@ -1,7 +1,7 @@
 """Release checkpoints (``torch.save(model.state_dict())`` of the DG-SCT release) -> our model.
 
-The mapping is by name: ``swin.*`` -> ``encoder.visual.*`` (through timm's checkpoint filter,
-which moves the old "merge at the end of a stage" layout), ``htsat.*`` -> ``encoder.audio.*``,
+The mapping is by name: ``swin.*`` -> ``encoder.visual.*`` (the release's "merge at the end of a
+stage" moved to timm's start of the next, then timm's checkpoint filter), ``htsat.*`` -> ``encoder.audio.*``,
 ``*_adapter_blocks_p*`` -> ``encoder.*``, everything else -> ``head.*``. Loading is strict: every
 parameter and buffer of ours is filled and every release key is used, except keys of modules the
 release builds but never runs, which are dropped by name (each pattern carries its reason).
@@ -35,6 +35,23 @@ ADAPTER_PREFIXES = (
     "audio_adapter_blocks_p2.",
     "vis_adapter_blocks_p2.",
 )
+
+
+def _shift_merge(key: str, by: int) -> str:
+    """``layers.<n>.downsample`` -> ``layers.<n + by>.downsample``: the release's encoders merge
+    patches at the end of a stage, timm's (and ours) at the start of the next."""
+    return re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + by}.downsample", key)
+
+
+def release_key(key: str) -> str:
+    """The release key (main tasks' layout) that our ``key`` is read from: messages name keys as
+    the file spells them."""
+    for ours, theirs in (("encoder.visual.", "swin."), ("encoder.audio.", "htsat.")):
+        if key.startswith(ours):
+            return theirs + _shift_merge(key[len(ours) :], -1)
+    if key.startswith("encoder.") and key[len("encoder.") :].startswith(ADAPTER_PREFIXES):
+        return key[len("encoder.") :]
+    return key[len("head.") :] if key.startswith("head.") else key
 
 
 def _strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -89,7 +106,9 @@ def map_release_state_dict(
             dropped.append(key)
             continue
         if key.startswith("swin."):
-            swin[key[len("swin.") :]] = value
+            # Shifted here, always: timm's filter guesses the layout from one key
+            # (layers.0.downsample.reduction.weight) and maps every stage wrong when it is absent.
+            swin[_shift_merge(key[len("swin.") :], 1)] = value
         elif key.startswith("htsat."):
             new = htsat_key_map(key[len("htsat.") :], audio_unused)
             if new is not None:
@@ -104,15 +123,25 @@ def map_release_state_dict(
 
 
 def load_release_state_dict(
-    model: DGSCTModel, state: dict[str, torch.Tensor], name: str, unused: dict[str, str], map_state=None
+    model: DGSCTModel,
+    state: dict[str, torch.Tensor],
+    name: str,
+    unused: dict[str, str],
+    map_state=None,
+    release_name=None,
 ) -> list[str]:
     """Strictly load a release state dict into ``model``; returns the dropped (unused) keys.
-    ``map_state`` maps the release keys to ours (default: the main tasks' layout)."""
+    ``map_state`` maps the release keys to ours (default: the main tasks' layout);
+    ``release_name`` spells our keys as the file does, for messages (default: the main layout's
+    :func:`release_key` with the default ``map_state``)."""
     mapped, dropped = (map_state or map_release_state_dict)(state, model, unused)
     own = model.state_dict()
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
     if missing or unexpected:
+        spell = release_name or (release_key if map_state is None else None)
+        if spell is not None:  # as the file spells them
+            missing, unexpected = sorted(map(spell, missing)), sorted(map(spell, unexpected))
         raise CheckpointError(
             f"{name}: does not match the {model.task.upper()} release layout: {describe_keys(missing, unexpected)}"
         )
@@ -170,5 +199,7 @@ def load_official_checkpoint(
             )
         model_cfg = spec.release.configure(model_cfg, options)
     model = create_model(task, model_cfg, load_encoder_weights=False)
-    load_release_state_dict(model, state, name, spec.release.unused_keys, spec.release.map_state)
+    load_release_state_dict(
+        model, state, name, spec.release.unused_keys, spec.release.map_state, spec.release.release_name
+    )
     return model.eval()

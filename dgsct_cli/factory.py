@@ -200,11 +200,14 @@ def ensure_data(
     if console is not None and show_progress:
         dataset = (task.datasets[0] if task.datasets else task.name).upper()
         console.print(f"[cyan]{data_dir}: writing and preparing a synthetic {dataset} dataset there")
-    task.write_synthetic(
-        data_dir,
-        videos=recipe.data.synthetic_videos,
-        image_size=recipe.model.visual.img_size,
-        progress=show_progress,
-        console=console,
-    )
+    from .atomic import naming_the_folder
+
+    with naming_the_folder(data_dir):
+        task.write_synthetic(
+            data_dir,
+            videos=recipe.data.synthetic_videos,
+            image_size=recipe.model.visual.img_size,
+            progress=show_progress,
+            console=console,
+        )
     return data_dir

@@ -68,7 +68,7 @@ def _evaluate_best(run: Path, data: Path, split: str, console: Console, progress
 
 
 def run_fewshot(
-    recipe_name: str,
+    recipe_name: str | None,
     shots: int | None,
     output: Path,
     data: Path | None = None,
@@ -78,27 +78,68 @@ def run_fewshot(
     synthetic: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Train ``recipe_name`` on ``shots`` samples per class (None: the whole training split), then
-    score the best checkpoint on the test split. Writes and returns ``<output>/fewshot.json``."""
+    score the best checkpoint on the test split. Writes and returns ``<output>/fewshot.json``.
+
+    ``resume`` continues an interrupted run of ``output`` with its own recipe, shots, data and
+    test setting (``overrides`` apply on top, as with ``dgsct train --resume``) and then writes
+    ``fewshot.json``; ``overwrite`` moves an old run in ``output`` aside (see ``Trainer``)."""
+    from .runs import STATE_FILE, read_run_record
     from .train import Trainer
 
     console = console or Console(stderr=True)
-    overrides = with_protocol(recipe_name, list(overrides or []), protocol)
-    if shots is not None:
-        overrides = [*overrides, f"data.shots={shots}"]
-    recipe = load_recipe(recipe_name, overrides)
-    data_dir = Path(data) if data is not None else Path(recipe.data.path)
+    output = Path(output)
+    if resume:
+        if recipe_name is not None:
+            raise ValueError(
+                "--resume continues the run with its own recipe: drop --recipe "
+                f"(the run's resolved recipe is {output / 'recipe.yaml'})"
+            )
+        if not (output / STATE_FILE).is_file():
+            raise ValueError(
+                f"{output}: nothing to resume (no {STATE_FILE}); start the few-shot run without --resume"
+            )
+        record = read_run_record(output)
+        started = record.get("fewshot")
+        if not isinstance(started, dict):
+            raise ValueError(f"{output}: not a few-shot run (its run.json has no 'fewshot' entry)")
+        overrides = list(overrides or [])
+        recipe = load_recipe(str(output / "recipe.yaml"), overrides)
+        if overrides:
+            record = {**record, "resume_overrides": [*record.get("resume_overrides", []), *overrides]}
+        shots, test = started.get("shots"), bool(started.get("test", True))
+        data_dir = Path(data) if data is not None else Path(record.get("data", recipe.data.path))
+        run_record = record
+    else:
+        if recipe_name is None:
+            raise ValueError("--recipe is required (or --resume with the --output run folder to continue)")
+        overrides = with_protocol(recipe_name, list(overrides or []), protocol)
+        if shots is not None:
+            overrides = [*overrides, f"data.shots={shots}"]
+        recipe = load_recipe(recipe_name, overrides)
+        data_dir = Path(data) if data is not None else Path(recipe.data.path)
+        run_record = {
+            "recipe": recipe.source,
+            "overrides": overrides,
+            "fewshot": {"shots": shots, "test": test},
+        }
     trainer = Trainer(
         recipe,
         data_dir,
         output,
         console=console,
         show_progress=progress,
-        run_record={"recipe": recipe.source, "overrides": overrides},
+        run_record=run_record,
         synthetic=synthetic,
+        overwrite=overwrite,
+        # The command that finishes this few-shot run (the test score and fewshot.json included).
+        resume_command=resume_command or f"dgsct fewshot train --output {output} --resume",
     )
-    result = trainer.run()
+    result = trainer.run(resume=resume)
     summary: dict[str, Any] = {
         "recipe": recipe.name,
         "task": recipe.task,
@@ -169,9 +210,12 @@ def plot_sweep(table: dict[str, Any], out: Path) -> Path:
     return out
 
 
+SWEEP_RECORD = "sweep_run.json"
+
+
 def run_sweep(
-    recipe_name: str,
-    shots: list[int],
+    recipe_name: str | None,
+    shots: list[int] | None,
     output: Path,
     data: Path | None = None,
     overrides: list[str] | None = None,
@@ -181,16 +225,58 @@ def run_sweep(
     synthetic: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Every K of ``shots`` as its own run ``<output>/K<k>``; a JSON table and a PNG of the test
-    accuracy against K (``<output>/sweep.json``, ``<output>/sweep.png`` unless named)."""
+    accuracy against K (``<output>/sweep.json``, ``<output>/sweep.png`` unless named).
+
+    The sweep's settings are kept in ``<output>/sweep_run.json``; ``resume`` finishes an
+    interrupted sweep with them: finished K runs are kept, an interrupted one is resumed, the
+    rest are run. ``overwrite`` moves old runs in the K folders aside."""
+    import json
+
+    from .runs import STATE_FILE
+
     console = console or Console(stderr=True)
+    output = Path(output)
+    record_path = output / SWEEP_RECORD
+    added = list(overrides or [])  # given with --resume: on top of the runs' own
+    if resume:
+        if recipe_name is not None:
+            raise ValueError("--resume continues the sweep with its own recipe and shots: drop --recipe")
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{output}: nothing to resume (no {SWEEP_RECORD})") from None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{record_path}: damaged sweep record ({type(exc).__name__})") from None
+        recipe_name, shots = record["recipe"], [int(k) for k in record["shots"]]
+        overrides, protocol = [*record.get("overrides", []), *(overrides or [])], record.get("protocol")
+        data = Path(data) if data is not None else (Path(record["data"]) if record.get("data") else None)
+        json_out = json_out or (Path(record["json"]) if record.get("json") else None)
+        png_out = png_out or (Path(record["png"]) if record.get("png") else None)
+    if recipe_name is None or not shots:
+        raise ValueError("--recipe and --shots are required (or --resume with the sweep's --output folder)")
     json_out = Path(json_out) if json_out is not None else output / "sweep.json"
     png_out = Path(png_out) if png_out is not None else output / "sweep.png"
     for path in (json_out, png_out):
         check_writable(path)
     recipe = load_recipe(recipe_name, with_protocol(recipe_name, list(overrides or []), protocol))
     task = get_task(recipe.task)
+    if not resume:
+        atomic_write_json(
+            record_path,
+            {
+                "recipe": recipe_name,
+                "shots": shots,
+                "data": None if data is None else str(Path(data).resolve()),
+                "overrides": list(overrides or []),
+                "protocol": protocol,
+                "json": str(json_out),
+                "png": str(png_out),
+            },
+        )
     table: dict[str, Any] = {
         "recipe": recipe.name,
         "task": recipe.task,
@@ -201,18 +287,27 @@ def run_sweep(
         "runs": [],
     }
     for i, k in enumerate(shots):
+        run = output / f"K{k}"
         console.print(f"[bold]{recipe.name}: {k} shot(s) (run {i + 1} of {len(shots)})", highlight=False)
-        summary = run_fewshot(
-            recipe_name,
-            k,
-            output / f"K{k}",
-            data=data,
-            overrides=overrides,
-            protocol=protocol,
-            synthetic=synthetic and i == 0,
-            console=console,
-            progress=progress,
-        )
+        if resume and (run / "fewshot.json").is_file():
+            summary = json.loads((run / "fewshot.json").read_text(encoding="utf-8"))
+            console.print(f"{run}: finished before, kept", highlight=False)
+        else:
+            again = resume and (run / STATE_FILE).is_file()
+            summary = run_fewshot(
+                None if again else recipe_name,
+                k,
+                run,
+                data=data,
+                overrides=added if again else overrides,
+                protocol=protocol,
+                synthetic=synthetic and i == 0,
+                console=console,
+                progress=progress,
+                overwrite=overwrite,
+                resume=again,
+                resume_command=f"dgsct fewshot sweep --output {output} --resume",
+            )
         table["runs"].append(
             {
                 "shots": k,

@@ -8,6 +8,7 @@ Layout::
     trainer_state.pt         the resumable state; it names its weights file and step (the commit point)
     state/weights-<step>.safetensors   the weights that state belongs to
     last.safetensors / best.safetensors, last.json / best.json, metrics.jsonl
+    previous-<n>/            earlier runs of the folder, moved aside by a new run with --overwrite
 
 A state is written in two steps: the weights file under a new name, then ``trainer_state.pt``
 (atomic rename) naming it. A kill between the two leaves the previous pair intact; the unnamed
@@ -36,6 +37,8 @@ __all__ = [
     "RunLockedError",
     "link_or_copy",
     "lock_run_folder",
+    "move_run_aside",
+    "run_files",
     "read_run_record",
     "remove_stale_files",
     "write_run_record",
@@ -45,6 +48,20 @@ LOCK_FILE = "run.lock"
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.pt"
 STATE_DIR = "state"
+PREVIOUS_PREFIX = "previous-"
+# What makes a folder hold a run: a state, checkpoints or results (a start that failed before its
+# first commit leaves only recipe.yaml and run.json, which a new run may replace).
+RUN_MARKERS = (
+    STATE_FILE,
+    STATE_DIR,
+    "metrics.jsonl",
+    "best.safetensors",
+    "best.json",
+    "last.safetensors",
+    "last.json",
+    "fewshot.json",
+    "test_metrics.json",
+)
 
 
 class RunLockedError(ValueError):
@@ -110,6 +127,33 @@ def lock_run_folder(out: Path) -> Iterator[None]:
                 path.unlink()
         except (OSError, ValueError):
             pass
+
+
+def run_files(out: Path) -> list[str]:
+    """The names in ``out`` that show it holds a run (empty: no run there)."""
+    out = Path(out)
+    return [name for name in RUN_MARKERS if (out / name).exists()]
+
+
+def move_run_aside(out: Path) -> Path:
+    """Move everything in ``out`` (but its lock and earlier ``previous-<n>`` folders) into a new
+    ``out/previous-<n>`` and return it: a new run starts in an empty folder, and nothing of the
+    old one is deleted. Call it holding the folder's lock."""
+    out = Path(out)
+    taken = [
+        int(p.name[len(PREVIOUS_PREFIX) :])
+        for p in out.iterdir()
+        if p.is_dir() and p.name.startswith(PREVIOUS_PREFIX) and p.name[len(PREVIOUS_PREFIX) :].isdigit()
+    ]
+    target = out / f"{PREVIOUS_PREFIX}{max(taken, default=0) + 1}"
+    target.mkdir()
+    for entry in sorted(out.iterdir()):
+        if entry == target or entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and entry.name.startswith(PREVIOUS_PREFIX):
+            continue
+        os.replace(entry, target / entry.name)  # a rename inside the folder: nothing is copied
+    return target
 
 
 def write_run_record(out: Path, record: dict[str, Any]) -> None:

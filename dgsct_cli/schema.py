@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -182,7 +183,12 @@ def build_dataclass(cls: type, values: dict[str, Any] | None, prefix: str = "", 
     try:
         obj = cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{where}: {prefix or 'recipe'}: {exc}") from exc
+        text = str(exc)
+        # A check that names its field ("num_heads[1] = 3 ...") gets the full key.
+        field_name = re.split(r"[:\[ .]", text, maxsplit=1)[0]
+        if prefix and field_name in names:
+            raise RecipeError(f"{where}: {prefix}.{text}") from exc
+        raise RecipeError(f"{where}: {prefix or 'recipe'}: {text}") from exc
     check_ranges(obj, prefix, where)
     return obj
 

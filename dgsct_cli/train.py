@@ -35,10 +35,20 @@ from .atomic import atomic_write_bytes, atomic_write_json
 from .checkpoint import read_checkpoint_tensors, save_checkpoint
 from .config import Recipe, recipe_to_yaml
 from .data.datasets import make_loader
+from .encoder_files import check_encoder_files, encoder_files
 from .evaluate import EvaluationInterrupted, evaluate
 from .factory import build_model, data_info, ensure_data, ensure_files, open_split
 from .loggers import RunLogger
-from .runs import STATE_DIR, STATE_FILE, link_or_copy, lock_run_folder, remove_stale_files, write_run_record
+from .runs import (
+    STATE_DIR,
+    STATE_FILE,
+    link_or_copy,
+    lock_run_folder,
+    move_run_aside,
+    remove_stale_files,
+    run_files,
+    write_run_record,
+)
 from .runtime import (
     apply_compile_regions,
     autocast_for,
@@ -220,6 +230,9 @@ class Trainer:
     """Trains ``recipe`` on the prepared data ``data_dir`` into the run folder ``output_dir``.
 
     ``run_record`` is stored in ``run.json`` (how the run was started; ``--resume`` reads it).
+    A new run (not ``resume``) refuses a folder that holds a run unless ``overwrite``, which moves
+    the old run into ``previous-<n>/``. ``resume_command`` is the command that continues the run,
+    named when it is interrupted (default: ``dgsct train --output RUN --resume``).
     The ``test_*`` arguments simulate interruptions deterministically (tests only)."""
 
     def __init__(
@@ -235,6 +248,8 @@ class Trainer:
         test_sigint_at_batch: int | None = None,
         test_sigint_in_validation: int | None = None,
         test_kill_before_commit: int | None = None,
+        overwrite: bool = False,
+        resume_command: str | None = None,
     ) -> None:
         self.recipe = recipe
         self.task = get_task(recipe.task)
@@ -249,6 +264,8 @@ class Trainer:
         self.test_sigint_at_batch = test_sigint_at_batch
         self.test_sigint_in_validation = test_sigint_in_validation
         self.test_kill_before_commit = test_kill_before_commit
+        self.overwrite = overwrite
+        self.resume_command = resume_command or f"dgsct train --output {self.out} --resume"
         self.device = dist_utils.setup(resolve_device(recipe.train.device).type)
         self.is_main = dist_utils.is_main()
         # TensorBoard / W&B (train.loggers), rank 0 only; a missing package is refused here.
@@ -274,7 +291,10 @@ class Trainer:
                     "background_index": info.background_index,
                     "extra": info.extra,
                 }
-            )
+            ),
+            # The encoder files the frozen towers are rebuilt from, fingerprinted once here: a
+            # delta checkpoint (and --resume) refuses a different file at the same path.
+            "encoder_files": json.dumps(encoder_files(r.model)),
         }
         self.train_set = open_split(r, self.data_dir, r.data.train_split)
         self.val_set = open_split(r, self.data_dir, r.data.val_split)
@@ -393,8 +413,10 @@ class Trainer:
         tensors = read_checkpoint_tensors(weights, device=str(self.device))
         from .checkpoint import read_metadata
 
-        if read_metadata(weights).get("commit") != str(state["commit"]):
+        meta = read_metadata(weights)
+        if meta.get("commit") != str(state["commit"]):
             raise ValueError(f"{weights}: belongs to another state than {state_file}; cannot resume")
+        check_encoder_files(json.loads(meta.get("encoder_files", "{}")), self.recipe.model, str(self.out))
         self.model.load_state_dict(tensors, strict=False)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -428,7 +450,24 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             lock = lock_run_folder(self.out)
         with lock:
+            if self.is_main and not resume:
+                self._claim_folder()
             return self._run_locked(resume)
+
+    def _claim_folder(self) -> None:
+        """A new run never eats an old one: refuse a folder that holds a run, or (``overwrite``)
+        move that run into ``previous-<n>/`` first."""
+        found = run_files(self.out)
+        if not found:
+            return
+        if not self.overwrite:
+            raise ValueError(
+                f"{self.out}: holds a run ({', '.join(found[:3])}); continue it with --resume "
+                f"('{self.resume_command}'), or start a new run there with --overwrite "
+                f"(the old run is moved to {self.out}/previous-N, nothing is deleted)"
+            )
+        moved = move_run_aside(self.out)
+        self.console.print(f"{self.out}: the previous run moved to {moved}", highlight=False)
 
     def _run_locked(self, resume: bool) -> dict[str, Any]:
         r = self.recipe
@@ -445,9 +484,6 @@ class Trainer:
         if self.is_main:
             atomic_write_bytes(self.out / "recipe.yaml", recipe_to_yaml(r).encode())
             write_run_record(self.out, {**self.run_record, "data": str(self.data_dir.resolve())})
-            if not resume:
-                for name in ("metrics.jsonl", "best.safetensors", "best.json", "last.json"):
-                    (self.out / name).unlink(missing_ok=True)
         batches_per_epoch = math.ceil(self.sampler.per_rank / r.train.batch_size)
         if r.train.max_steps_per_epoch:
             batches_per_epoch = min(batches_per_epoch, r.train.max_steps_per_epoch * r.train.grad_accum)
@@ -482,7 +518,7 @@ class Trainer:
                         message = f"interrupted after epoch {prog.epoch}"
                         if self.is_main:
                             self.console.print(
-                                f"[yellow]{message}: state saved; continue with 'dgsct train --output {self.out} --resume'"
+                                f"[yellow]{message}: state saved; continue with '{self.resume_command}'"
                             )
                         raise TrainingInterrupted(message)
                     if patience is not None and prog.epochs_since_best >= patience:
@@ -530,9 +566,7 @@ class Trainer:
     def _interrupt(self, prog: Progression, message: str) -> None:
         if self.is_main:
             self._commit(prog, grads=True)
-            self.console.print(
-                f"[yellow]{message}: state saved; continue with 'dgsct train --output {self.out} --resume'"
-            )
+            self.console.print(f"[yellow]{message}: state saved; continue with '{self.resume_command}'")
         raise TrainingInterrupted(message)
 
     def _train_epoch(self, prog: Progression, batches_per_epoch: int) -> dict[str, float]:
@@ -644,6 +678,23 @@ class Trainer:
             self.model, self.recipe, self.out / name, full=False, metrics=metrics, extra=self.checkpoint_extra
         )
 
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        """Add the epoch's line to ``metrics.jsonl`` (rewritten atomically), dropping the lines of
+        this and later epochs that a run stopped after validating but before its commit (kill -9,
+        a full disk) wrote already: in a resumed run each epoch appears once."""
+        path = self.out / "metrics.jsonl"
+        kept = []
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    epoch = json.loads(line).get("epoch")
+                except (ValueError, AttributeError):  # a line cut short by a crash
+                    continue
+                if isinstance(epoch, int) and epoch < record["epoch"]:
+                    kept.append(line)
+        kept.append(json.dumps(record))
+        atomic_write_bytes(path, ("\n".join(kept) + "\n").encode("utf-8"))
+
     def _validate_and_record(self, prog: Progression) -> dict[str, Any]:
         """Validate the epoch just trained, log it, keep best/last, and commit the state."""
         r = self.recipe
@@ -679,7 +730,7 @@ class Trainer:
                 except EvaluationInterrupted:
                     self.console.print(
                         f"[yellow]interrupted while validating epoch {prog.epoch}: its training is saved and "
-                        f"the resumed run validates it; continue with 'dgsct train --output {self.out} --resume'"
+                        f"the resumed run validates it; continue with '{self.resume_command}'"
                     )
                     raise TrainingInterrupted(f"interrupted while validating epoch {prog.epoch}") from None
             metric = val.get(self.task.selection_metric)
@@ -702,8 +753,7 @@ class Trainer:
                 self._save_model("best.safetensors", summary)
                 atomic_write_json(self.out / "best.json", summary)
             atomic_write_json(self.out / "last.json", summary)
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            self._log_epoch(record)
             self.logger.epoch_end(prog.global_step, record)
             shown = (
                 f"{self.task.selection_metric} {metric:.2f}" if metric is not None else "no validation split"

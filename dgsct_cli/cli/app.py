@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import OPTIONS, command, configure_logging, console, epochs_done, err_console, show_progress
+from .common import (
+    OPTIONS,
+    checkpoint_command,
+    command,
+    configure_logging,
+    console,
+    epochs_done,
+    err_console,
+    show_progress,
+)
 
 app = typer.Typer(
     help="DG-SCT for audio-visual downstream tasks: prepare data, train, evaluate, extract, visualise.",
@@ -212,7 +221,7 @@ def convert(
 
 
 @app.command()
-@command
+@checkpoint_command
 def train(
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe name (ave, ave.yaml) or path."),
     data: Path | None = typer.Option(
@@ -226,6 +235,11 @@ def train(
     ),
     switch_data: bool = typer.Option(
         False, "--switch-data", help="With --resume: continue on the --data given, not the run's own."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start a new run in an --output folder that holds one; the old run is moved to previous-<n>/.",
     ),
     synthetic: bool = typer.Option(
         False, "--synthetic", help="Write a small synthetic dataset at --data first if it has none."
@@ -241,6 +255,8 @@ def train(
     from ..train import Trainer
 
     overrides = overrides or []
+    if resume and overwrite:
+        raise ValueError("--overwrite starts a new run and --resume continues one: give one of them")
     if resume:
         if output is None:
             raise ValueError("--resume needs --output RUN (the run folder to continue)")
@@ -279,6 +295,7 @@ def train(
         show_progress=show_progress(),
         run_record=run_record,
         synthetic=synthetic,
+        overwrite=overwrite,
     )
     result = trainer.run(resume=resume)
     if not trainer.is_main:
@@ -365,7 +382,7 @@ def _evaluate(
 
 
 @app.command("eval")
-@command
+@checkpoint_command
 def eval_(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -420,7 +437,7 @@ def _features(
 
 
 @app.command()
-@command
+@checkpoint_command
 def extract(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -446,7 +463,7 @@ def extract(
 
 
 @visualize_app.command("tsne")
-@command
+@checkpoint_command
 def tsne(
     checkpoint: CheckpointOption,
     data: DataOption,
@@ -519,7 +536,7 @@ def _clip_stem(path: Path, used: set[str]) -> str:
 
 
 @app.command()
-@command
+@checkpoint_command
 def predict(
     videos: list[Path] = typer.Argument(..., help="Clips to predict on (mp4 or any format FFmpeg reads)."),
     checkpoint: CheckpointOption = ...,
@@ -592,7 +609,7 @@ def predict(
 
 
 @visualize_app.command("attention")
-@command
+@checkpoint_command
 def attention(
     checkpoint: CheckpointOption,
     videos: list[Path] = typer.Argument(None, help="Clips (or use --data/--split)."),
@@ -772,8 +789,8 @@ def masks(
 
 
 # The task draws (Task.draw_predictions); "predictions" is the same command under a generic name.
-visualize_app.command("masks")(command(masks))
-visualize_app.command("predictions", hidden=True)(command(masks))
+visualize_app.command("masks")(checkpoint_command(masks))
+visualize_app.command("predictions", hidden=True)(checkpoint_command(masks))
 
 
 def _register_subapps() -> None:

@@ -121,8 +121,27 @@ def friendly_errors(fn):
     return wrapper
 
 
+# What torch's DataLoader raises in the main process for an error in a worker: the worker's whole
+# traceback in the message, the original error's own line last.
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback")
+
+
+def _worker_error_line(text: str) -> str:
+    """The original error's own message out of a DataLoader worker's re-raised traceback."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else text
+    return re.sub(r"^[\w.]*(Error|Exception|Warning)\w*: ", "", last)
+
+
 def _user_error(exc: BaseException) -> str | None:
     """The one-line message of an error a user can fix, or None for a bug (shown in full)."""
+    message = _user_error_text(exc)
+    if message is not None and _WORKER_ERROR.match(str(exc)):
+        return _worker_error_line(str(exc))
+    return message
+
+
+def _user_error_text(exc: BaseException) -> str | None:
     if "torch" in sys.modules:
         import torch
 
@@ -195,3 +214,30 @@ def command(fn):
 
     wrapper.__signature__ = sig.replace(parameters=[*positional, *keyword, *_COMMON])
     return wrapper
+
+
+def checkpoint_command(fn):
+    """``command`` for a command that rebuilds a model from a checkpoint or continues a run: it
+    also takes ``--accept-changed-encoders`` (use encoder files that differ from those the
+    checkpoint was trained with, with a warning; see ``dgsct_cli/encoder_files.py``)."""
+    sig = inspect.signature(fn, eval_str=True)
+    accept = inspect.Parameter(
+        "accept_changed_encoders",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            False,
+            "--accept-changed-encoders",
+            help="Use encoder weight files that differ from those the checkpoint was trained with.",
+        ),
+        annotation=bool,
+    )
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, accept_changed_encoders: bool = False, **kwargs: Any) -> Any:
+        from ..encoder_files import accepting_changed_encoders
+
+        with accepting_changed_encoders(accept_changed_encoders):
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), accept])
+    return command(wrapper)

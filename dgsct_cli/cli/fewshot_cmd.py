@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import command, console, epochs_done, err_console, show_progress
+from .common import checkpoint_command, command, console, epochs_done, err_console, show_progress
 
 fewshot_app = typer.Typer(
     help="Few-shot training (K samples per class), K sweeps, pre-training and zero-shot evaluation.",
@@ -30,6 +30,18 @@ SyntheticOption = typer.Option(
     False, "--synthetic", help="Write a small synthetic dataset at --data first if it has none."
 )
 OverridesArg = typer.Argument(None, help="key.path=value recipe overrides, e.g. train.epochs=5.")
+OverwriteOption = typer.Option(
+    False,
+    "--overwrite",
+    help="Start anew in an --output folder that holds a run; the old run is moved to previous-<n>/.",
+)
+
+
+def _resume_or_overwrite(resume: bool, overwrite: bool, output: Path | None) -> None:
+    if resume and overwrite:
+        raise ValueError("--overwrite starts a new run and --resume continues one: give one of them")
+    if resume and output is None:
+        raise ValueError("--resume needs --output (the folder to continue)")
 
 
 def _summary_line(summary: dict) -> str:
@@ -45,9 +57,11 @@ def _summary_line(summary: dict) -> str:
 
 
 @fewshot_app.command("train")
-@command
+@checkpoint_command
 def train(
-    recipe: str = RecipeOption,
+    recipe: str | None = typer.Option(
+        None, "--recipe", "-r", help="Recipe name or path (its task decides the setting)."
+    ),
     shots: int | None = typer.Option(None, "--shots", "-k", min=1, help="Training samples per class (K)."),
     data: Path | None = DataOpt,
     output: Path | None = typer.Option(
@@ -55,17 +69,29 @@ def train(
     ),
     protocol: str | None = ProtocolOption,
     test: bool = typer.Option(True, "--test/--no-test", help="Score the best checkpoint on the test split."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Finish the interrupted few-shot run in --output (its recipe, shots, data; then the test score).",
+    ),
+    overwrite: bool = OverwriteOption,
     synthetic: bool = SyntheticOption,
     overrides: list[str] = OverridesArg,
 ) -> None:
     """Train a recipe on the first K training samples of each class; then test the best checkpoint."""
     from ..fewshot_runs import run_fewshot
 
-    name = Path(recipe).stem + (f"-K{shots}" if shots is not None else "")
+    _resume_or_overwrite(resume, overwrite, output)
+    if resume and (shots is not None or protocol is not None):
+        raise ValueError("--resume continues the run with its own --shots and --protocol: drop them")
+    if output is None:
+        if recipe is None:
+            raise ValueError("--recipe is required (or --resume with the --output run folder to continue)")
+        output = Path("runs") / (Path(recipe).stem + (f"-K{shots}" if shots is not None else ""))
     summary = run_fewshot(
         recipe,
         shots,
-        output or Path("runs") / name,
+        output,
         data=data,
         overrides=overrides or [],
         protocol=protocol,
@@ -73,15 +99,21 @@ def train(
         synthetic=synthetic,
         console=err_console,
         progress=show_progress(),
+        overwrite=overwrite,
+        resume=resume,
     )
     console.print(_summary_line(summary), highlight=False, markup=False)
 
 
 @fewshot_app.command("sweep")
-@command
+@checkpoint_command
 def sweep(
-    recipe: str = RecipeOption,
-    shots: str = typer.Option("1,2,4,8,16", "--shots", "-k", help="Comma-separated K values."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", "-r", help="Recipe name or path (its task decides the setting)."
+    ),
+    shots: str | None = typer.Option(
+        None, "--shots", "-k", help="Comma-separated K values (default: 1,2,4,8,16)."
+    ),
     data: Path | None = DataOpt,
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Folder of the runs (default: runs/<recipe>-sweep)."
@@ -89,16 +121,26 @@ def sweep(
     protocol: str | None = ProtocolOption,
     json_out: Path | None = typer.Option(None, "--json", help="The table (default: <output>/sweep.json)."),
     png_out: Path | None = typer.Option(None, "--png", help="The figure (default: <output>/sweep.png)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish the interrupted sweep in --output (finished K runs are kept)."
+    ),
+    overwrite: bool = OverwriteOption,
     synthetic: bool = SyntheticOption,
     overrides: list[str] = OverridesArg,
 ) -> None:
     """Train every K in --shots; a JSON table and a PNG of test accuracy against K."""
     from ..fewshot_runs import parse_shots, run_sweep
 
-    output = output or Path("runs") / f"{Path(recipe).stem}-sweep"
+    _resume_or_overwrite(resume, overwrite, output)
+    if resume and (shots is not None or protocol is not None):
+        raise ValueError("--resume continues the sweep with its own --shots and --protocol: drop them")
+    if output is None:
+        if recipe is None:
+            raise ValueError("--recipe is required (or --resume with the sweep's --output folder)")
+        output = Path("runs") / f"{Path(recipe).stem}-sweep"
     table = run_sweep(
         recipe,
-        parse_shots(shots),
+        None if resume else parse_shots(shots or "1,2,4,8,16"),
         output,
         data=data,
         overrides=overrides or [],
@@ -108,7 +150,16 @@ def sweep(
         synthetic=synthetic,
         console=err_console,
         progress=show_progress(),
+        overwrite=overwrite,
+        resume=resume,
     )
+    if resume:  # the sweep's own figure and table paths
+        import json
+
+        from ..fewshot_runs import SWEEP_RECORD
+
+        record = json.loads((output / SWEEP_RECORD).read_text(encoding="utf-8"))
+        json_out, png_out = json_out or Path(record["json"]), png_out or Path(record["png"])
     view = Table(title=f"{table['task']}: {table['split']} accuracy by shots ({table['protocol']} protocol)")
     for col in (
         "shots",
@@ -135,7 +186,7 @@ def sweep(
 
 
 @fewshot_app.command("pretrain")
-@command
+@checkpoint_command
 def pretrain(
     recipe: str = RecipeOption,
     data: Path | None = DataOpt,
@@ -144,6 +195,7 @@ def pretrain(
         False, "--resume", help="Continue the run in --output (see 'dgsct train --resume')."
     ),
     protocol: str | None = ProtocolOption,
+    overwrite: bool = OverwriteOption,
     synthetic: bool = SyntheticOption,
     overrides: list[str] = OverridesArg,
 ) -> None:
@@ -155,6 +207,7 @@ def pretrain(
     from ..train import Trainer
 
     overrides = overrides or []
+    _resume_or_overwrite(resume, overwrite, output)
     if protocol is not None and not resume:
         overrides = with_protocol(recipe, overrides, protocol)
     r = load_recipe(recipe, overrides)
@@ -175,6 +228,7 @@ def pretrain(
         show_progress=show_progress(),
         run_record=record,
         synthetic=synthetic,
+        overwrite=overwrite,
     )
     result = trainer.run(resume=resume)
     if trainer.is_main:
@@ -188,7 +242,7 @@ def pretrain(
 
 
 @fewshot_app.command("zeroshot")
-@command
+@checkpoint_command
 def zeroshot(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Pre-training run folder or checkpoint."),
     dataset: str = typer.Option(..., "--dataset", help="Target dataset whose class names are scored."),

@@ -163,24 +163,42 @@ def read_ave_annotations(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: AVE root folder not found")
-    annotations = _parse_file(_require(root, "Annotations.txt"), problems)
-    class_names: list[str] = []
-    for _, row in annotations:
-        if row.category not in class_names:
-            class_names.append(row.category)
-    if not class_names:
-        raise ValueError(f"{root / 'Annotations.txt'}: no annotation lines")
-
+    annotations_file = _require(root, "Annotations.txt")
+    annotations = _parse_file(annotations_file, problems)
+    source = annotations_file
     categories_file = root / "categories.txt"
     if categories_file.is_file():
         listed = [
             c.strip() for c in categories_file.read_text(encoding="utf-8-sig").splitlines() if c.strip()
         ]
-        if listed != class_names:
+        # A line with a class categories.txt does not list is that line's fault (reported with its
+        # file and line, and skipped unless strict), not categories.txt's.
+        kept = []
+        for line_no, row in annotations:
+            if row.category in listed:
+                kept.append((line_no, row))
+            else:
+                (problems or LineProblems()).add(
+                    f"{annotations_file}:{line_no}: unknown category {row.category!r} (not in {categories_file})"
+                )
+        annotations, source = kept, categories_file
+    class_names: list[str] = []
+    for _, row in annotations:
+        if row.category not in class_names:
+            class_names.append(row.category)
+    if not class_names:
+        raise ValueError(f"{annotations_file}: no annotation lines")
+    if source == categories_file and listed != class_names:
+        absent = [c for c in listed if c not in class_names]
+        if absent:
             raise ValueError(
-                f"{categories_file}: does not match the order of first appearance in Annotations.txt "
-                f"({len(listed)} vs {len(class_names)} names)"
+                f"{categories_file}: lists {absent[0]!r}, which no line of {annotations_file} has"
             )
+        i = next(i for i, (a, b) in enumerate(zip(listed, class_names)) if a != b)
+        raise ValueError(
+            f"{categories_file}: not in the order of first appearance in {annotations_file.name} "
+            f"(name {i + 1} is {listed[i]!r}, Annotations.txt has {class_names[i]!r} there)"
+        )
 
     splits: dict[str, list[AnnotationRow]] = {}
     known = set(class_names)
@@ -190,7 +208,7 @@ def read_ave_annotations(
         for line_no, row in _parse_file(path, problems):
             if row.category not in known:
                 (problems or LineProblems()).add(
-                    f"{path}:{line_no}: unknown category {row.category!r} (not in Annotations.txt)"
+                    f"{path}:{line_no}: unknown category {row.category!r} (not in {source.name})"
                 )
                 continue
             rows.append(row)

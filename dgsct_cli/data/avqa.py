@@ -44,6 +44,7 @@ from .manifest import (
     array_path,
     atomic_save_npy,
     build_manifest,
+    npy_problem,
     remove_stale_temp_files,
     valid_video_id,
     write_manifest,
@@ -483,7 +484,7 @@ def _extracted_video(root: Path, video_id: str, out: Path, image_size: int) -> s
     try:
         wave = np.load(wave_path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        return f"corrupt: audio_wave/{video_id}.npy: {' '.join(str(exc).split())[:120]}"
+        return f"corrupt: audio_wave/{video_id}.npy: {npy_problem(exc)}"
     length = AVQA_NUM_SEGMENTS * AVQA_SAMPLE_RATE
     if wave.size != length or not np.issubdtype(wave.dtype, np.floating):
         return f"corrupt: audio_wave/{video_id}.npy holds {wave.size} {wave.dtype} values, expected {length} floats"

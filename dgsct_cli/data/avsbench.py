@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,8 @@ __all__ = [
     "read_mask_png",
     "read_meta",
 ]
+
+log = logging.getLogger(__name__)
 
 AVS_NUM_SEGMENTS = 5
 AVS_SAMPLE_RATE = 32000
@@ -249,48 +252,96 @@ def load_wave_dict(path: str | Path) -> dict[str, np.ndarray]:
     return obj
 
 
-def read_mask_png(path: Path, size: int = AVS_IMAGE_SIZE) -> np.ndarray:
+class PNGProblem(ValueError):
+    """A PNG that opens but cannot be used as it is (the message says why)."""
+
+
+def _note_size(img: Any, size: int, resized: list[tuple[str, int, int]] | None, path: Path) -> None:
+    if resized is not None and img.size != (size, size):
+        resized.append((str(path), *img.size))
+
+
+def read_mask_png(
+    path: Path, size: int = AVS_IMAGE_SIZE, resized: list[tuple[str, int, int]] | None = None
+) -> np.ndarray:
     """A mask PNG as uint8 0/1 ``[size, size]``: greyscale value > 0 is foreground (nearest-
-    neighbour resize when the file has another size)."""
+    neighbour resize when the file has another size, noted in ``resized``). A mask whose object is
+    only in its alpha channel (black colour channels) is refused: greyscale would make it empty."""
     from PIL import Image
 
     with Image.open(path) as img:
+        _note_size(img, size, resized, path)
         grey = img.convert("L")
+        if not np.asarray(grey).any() and ("A" in img.getbands() or "transparency" in img.info):
+            alpha = np.asarray(img.convert("RGBA"))[..., 3]
+            if alpha.min() != alpha.max():
+                raise PNGProblem(
+                    "its object is only in the alpha channel (the colour channels are black); "
+                    "save masks in greyscale (0 background, 255 object)"
+                )
         if grey.size != (size, size):
             grey = grey.resize((size, size), Image.NEAREST)
         return (np.asarray(grey) > 0).astype(np.uint8)
 
 
-def read_frame_png(path: Path, size: int = AVS_IMAGE_SIZE) -> np.ndarray:
-    """An RGB frame as uint8 ``[size, size, 3]`` (bicubic resize when the file has another size)."""
+def read_frame_png(
+    path: Path, size: int = AVS_IMAGE_SIZE, resized: list[tuple[str, int, int]] | None = None
+) -> np.ndarray:
+    """An RGB frame as uint8 ``[size, size, 3]`` (bicubic resize when the file has another size,
+    noted in ``resized``)."""
     from PIL import Image
 
     with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"))
+        _note_size(img, size, resized, path)
+        rgb = np.array(img.convert("RGB"))  # writable: torch warns about read-only arrays
     if rgb.shape[:2] != (size, size):
         rgb = resize_frames(rgb[None], size)[0]
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
 def _read_pngs(
-    paths: Sequence[Path], reader: Callable[[Path, int], np.ndarray], size: int, what: str, base: Path
+    paths: Sequence[Path],
+    reader: Callable[..., np.ndarray],
+    size: int,
+    what: str,
+    base: Path,
+    resized: list[tuple[str, int, int]] | None = None,
 ):
+    from PIL import Image
+
     out = []
     for path in paths:
         rel = path.relative_to(base) if path.is_relative_to(base) else path
         if not path.is_file():
             raise DecodeError(f"missing {what} {rel}")
         try:
-            out.append(reader(path, size))
+            out.append(reader(path, size, resized))
+        except PNGProblem as exc:
+            raise DecodeError(f"{what} {rel}: {exc}") from None
+        except Image.DecompressionBombError as exc:  # not an OSError: PIL refuses huge images
+            pixels = " ".join(str(exc).split()).split(",")[0]
+            raise DecodeError(f"{what} {rel}: too large to read ({pixels})") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise DecodeError(f"corrupt {what} {rel}: {' '.join(str(exc).split())[:80]}") from None
     return np.stack(out)
 
 
-def _masks_array(setting: AVSSetting, data: Path, row: MetaRow, size: int, base: Path) -> np.ndarray:
+def _masks_array(
+    setting: AVSSetting,
+    data: Path,
+    row: MetaRow,
+    size: int,
+    base: Path,
+    resized: list[tuple[str, int, int]] | None = None,
+) -> np.ndarray:
     count = setting.masks_read(row.split)
     read = _read_pngs(
-        [setting.mask_path(data, row, k) for k in range(1, count + 1)], read_mask_png, size, "mask", base
+        [setting.mask_path(data, row, k) for k in range(1, count + 1)],
+        read_mask_png,
+        size,
+        "mask",
+        base,
+        resized,
     )
     masks = np.zeros((AVS_NUM_SEGMENTS, size, size), dtype=np.uint8)
     masks[:count] = read
@@ -366,6 +417,7 @@ def prepare_avsbench(
     remove_stale_temp_files(out, ["masks"])
     extras = [_masks_spec(size)]
     failed: dict[str, str] = {}
+    resized: dict[str, tuple[str, int, int]] = {}  # video -> its first PNG of another size
     decoded = reused = 0
     done = {
         row.name
@@ -375,15 +427,35 @@ def prepare_avsbench(
     reused = len(done)
     todo = [row for row in rows if row.name not in done]
     if source == "frames":
-        decoded = _prepare_from_frames(spec, data, todo, out, size, failed, base, progress, console)
+        decoded = _prepare_from_frames(spec, data, todo, out, size, failed, base, progress, console, resized)
     else:
         video_dir = Path(videos) if videos is not None else data / "raw_videos"
         if not video_dir.is_dir():
             raise ValueError(f"{video_dir}: raw video folder not found (give --video-dir DIR)")
         decoded, more_reused = _prepare_from_videos(
-            spec, data, todo, video_dir, out, size, workers, failed, base, progress, console
+            spec, data, todo, video_dir, out, size, workers, failed, base, progress, console, resized
         )
         reused += more_reused
+    details = {
+        "setting": spec.name.upper(),
+        "source": "PNG frames + AVS.npy waves" if source == "frames" else "raw videos (decord)",
+    }
+    resized = {name: odd for name, odd in resized.items() if name not in failed}
+    if resized:
+        name, (path, w, h) = next(iter(resized.items()))
+        rel = Path(path).relative_to(base) if Path(path).is_relative_to(base) else path
+        note = f"{len(resized)} video(s), e.g. {name}: {rel} is {w}x{h}"
+        details["PNGs resized"] = note
+        log.warning(
+            "%s with frames or masks of another size than %dx%d (%s); resized to %dx%d%s",
+            note.split(",")[0],
+            size,
+            size,
+            note.split(", ", 1)[1],
+            size,
+            size,
+            ", stretched" if w != h else "",
+        )
 
     usable = [row for row in rows if row.name not in failed]
     split_of = {row.name: row.split for row in rows}
@@ -397,10 +469,7 @@ def prepare_avsbench(
         reused=reused,
         skipped=skipped,
         seconds=time.monotonic() - started,
-        details={
-            "setting": spec.name.upper(),
-            "source": "PNG frames + AVS.npy waves" if source == "frames" else "raw videos (decord)",
-        },
+        details=details,
         bad_lines=list(problems.messages),
     )
     write_prepare_report(out, base, summary, spec.dataset)
@@ -447,9 +516,11 @@ def _prepare_from_frames(
     base: Path,
     progress: bool,
     console: Console | None,
+    resized: dict[str, tuple[str, int, int]] | None = None,
 ) -> int:
     """PNG frames, PNG masks and ``AVS.npy`` waves of ``rows`` into the cache; returns the count
-    written. Each wave file is read once (rows are taken file by file)."""
+    written. Each wave file is read once (rows are taken file by file); a video whose PNGs are not
+    ``size`` square is noted in ``resized`` (its first such file and size)."""
     by_wave: dict[Path, list[MetaRow]] = {}
     for row in rows:
         by_wave.setdefault(spec.wave_path(data, row), []).append(row)
@@ -468,6 +539,7 @@ def _prepare_from_frames(
                 except ValueError as exc:
                     wave_problem = f"corrupt audio file {rel}: {str(exc).split(': ', 1)[-1]}"[:200]
             for row in group:
+                odd: list[tuple[str, int, int]] = []
                 try:
                     if wave_problem is not None:
                         raise DecodeError(wave_problem)
@@ -478,8 +550,11 @@ def _prepare_from_frames(
                         size,
                         "frame",
                         base,
+                        odd,
                     )
-                    masks = _masks_array(spec, data, row, size, base)
+                    masks = _masks_array(spec, data, row, size, base, odd)
+                    if odd and resized is not None:
+                        resized[row.name] = odd[0]
                 except DecodeError as exc:
                     failed[row.name] = exc.reason
                 else:
@@ -505,13 +580,17 @@ def _prepare_from_videos(
     base: Path,
     progress: bool,
     console: Console | None,
+    resized: dict[str, tuple[str, int, int]] | None = None,
 ) -> tuple[int, int]:
     """Frames and audio decoded from the raw clips (AVSBench's frame rule), masks from the PNGs."""
     # Masks first (cheap, and a video without them is not worth decoding).
     masks: dict[str, np.ndarray] = {}
     for row in rows:
+        odd: list[tuple[str, int, int]] = []
         try:
-            masks[row.name] = _masks_array(spec, data, row, size, base)
+            masks[row.name] = _masks_array(spec, data, row, size, base, odd)
+            if odd and resized is not None:
+                resized[row.name] = odd[0]
         except DecodeError as exc:
             failed[row.name] = exc.reason
     paths = {}

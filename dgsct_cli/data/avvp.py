@@ -38,6 +38,7 @@ from .manifest import (
     atomic_save_npy,
     atomic_write_json,
     build_manifest,
+    npy_problem,
     remove_stale_temp_files,
     valid_video_id,
     write_manifest,
@@ -359,7 +360,7 @@ def _features_problem(path: Path) -> str | None:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        return f"unreadable 3-D features {path.name}: {exc}"[:200]
+        return f"unreadable 3-D features {path.name}: {npy_problem(exc)}"[:200]
     expected = (AVVP_NUM_SEGMENTS, VIDEO_ST_DIM)
     if tuple(arr.shape) != expected:
         return f"3-D features {path.name} have shape {tuple(arr.shape)}, expected {expected}"
@@ -376,7 +377,7 @@ def _copy_features(source: Path, out: Path, video_id: str) -> tuple[str | None, 
     try:
         value = np.load(source, allow_pickle=False).astype(np.float32)
     except (OSError, ValueError) as exc:
-        return f"unreadable 3-D features {source.name}: {exc}"[:200], False
+        return f"unreadable 3-D features {source.name}: {npy_problem(exc)}"[:200], False
     if not np.isfinite(value).all():
         return f"3-D features {source.name} contain non-finite values", False
     target = array_path(out, VIDEO_ST, video_id)

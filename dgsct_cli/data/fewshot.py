@@ -17,7 +17,7 @@ import torch
 from .datasets import SegmentDataset, _target_tensor
 from .manifest import PreparedCache
 
-__all__ = ["FewShotDataset", "kshot_indices", "sample_classes"]
+__all__ = ["FewShotDataset", "kshot_indices", "kshot_per_class", "sample_classes", "short_classes_warning"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,13 @@ def kshot_indices(
 ) -> list[int]:
     """Indices of the K-shot subset: for each class in order, the first ``shots`` positions whose
     class set contains it (``single_label_only``: only positions with exactly one class count)."""
+    return [i for chosen in kshot_per_class(classes, shots, num_classes, single_label_only) for i in chosen]
+
+
+def kshot_per_class(
+    classes: Sequence[Sequence[int]], shots: int, num_classes: int, single_label_only: bool = False
+) -> list[list[int]]:
+    """The K-shot subset class by class (see :func:`kshot_indices`)."""
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
     per_class: list[list[int]] = [[] for _ in range(num_classes)]
@@ -39,7 +46,24 @@ def kshot_indices(
                 raise ValueError(f"sample {i}: class {c} outside 0..{num_classes - 1}")
             if len(per_class[c]) < shots:
                 per_class[c].append(i)
-    return [i for chosen in per_class for i in chosen]
+    return per_class
+
+
+def short_classes_warning(per_class: list[list[int]], shots: int, names: Sequence[str]) -> str | None:
+    """One line when classes that have training samples have fewer than ``shots`` of them (the
+    run then trains on what exists); None when every such class has ``shots``."""
+    counts = [len(c) for c in per_class]
+    short = [i for i, n in enumerate(counts) if 0 < n < shots]
+    if not short:
+        return None
+    smallest = min(short, key=lambda i: counts[i])
+    empty = sum(1 for n in counts if n == 0)
+    return (
+        f"data.shots={shots}: {len(short)} of {len(counts)} classes have fewer training samples "
+        f"(fewest: {names[smallest] if smallest < len(names) else smallest!r} with {counts[smallest]}"
+        + (f"; {empty} have none" if empty else "")
+        + f"); training on the {sum(counts)} samples there are"
+    )
 
 
 def sample_classes(sample: dict[str, Any], background_index: int | None) -> list[int]:

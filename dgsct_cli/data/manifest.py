@@ -28,6 +28,7 @@ import numpy as np
 from ..atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_json
 
 __all__ = [
+    "npy_problem",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "TMP_PREFIX",
@@ -58,6 +59,17 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def npy_problem(exc: BaseException) -> str:
+    """What is wrong with a ``.npy`` file NumPy could not load, in a few words (never NumPy's
+    advice to load it with ``allow_pickle=True``, which would run code from the file)."""
+    text = " ".join(str(exc).split())
+    if "allow_pickle" in text or "Python objects" in text or "pickle" in text.lower():
+        return "it holds pickled Python objects, not a plain array"
+    if "mmap length is greater than file size" in text or "cannot reshape" in text:
+        return "it is shorter than its header says (cut short)"
+    return text[:120] or type(exc).__name__
 
 
 def _is_numeric_nest(value: Any) -> bool:
@@ -396,7 +408,13 @@ class PreparedCache:
         path = array_path(self.path, kind, video_id)
         if not path.is_file():
             raise ValueError(f"{path}: missing from the cache; re-run 'dgsct prepare' to restore it")
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: damaged cache file of video {video_id} ({npy_problem(exc)}); re-run "
+                "'dgsct prepare' on this folder to rewrite it"
+            ) from None
 
     def frames(self, video_id: str, size: int | None = None) -> np.ndarray:
         """Memory-mapped uint8 ``[S, H, W, 3]``; with ``size`` (one of ``frame_sizes``), the set

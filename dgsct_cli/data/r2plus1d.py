@@ -95,9 +95,14 @@ def load_r2plus1d_18(weights: str | Path) -> torch.nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a usable state dict"
-        raise ValueError(
-            f"{path}: cannot be read as a torch state dict ({type(exc).__name__}: {exc})"
-        ) from None
+        # Never torch's advice to load with weights_only=False (it would run the file's code);
+        # the words of models/weights.py's unsafe_load_reason (data/ does not import models/).
+        reason = (
+            "it holds pickled objects or code, not only tensors"
+            if "Unsupported global" in str(exc)
+            else f"not a readable torch checkpoint ({type(exc).__name__})"
+        )
+        raise ValueError(f"{path}: cannot be read as a torch state dict ({reason})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -388,6 +388,8 @@ def synthetic_root(
     first written there (default ``<out>/raw``) by ``write(root, num_videos=...)``."""
     from contextlib import nullcontext
 
+    from ..atomic import naming_the_folder
+
     if videos is not None and not synthetic:
         raise ValueError("--videos only applies with --synthetic")
     if root is None:
@@ -396,7 +398,7 @@ def synthetic_root(
         root = Path(out) / "raw"
     if synthetic:
         status = console.status(f"writing a synthetic {name} dataset to {root}") if console else nullcontext()
-        with status:
+        with status, naming_the_folder(root):
             write(root, num_videos=videos if videos is not None else 24)
     return root
 

@@ -38,6 +38,7 @@ from .manifest import (
     atomic_save_npy,
     build_manifest,
     frames_kind,
+    npy_problem,
     remove_stale_temp_files,
     validate_manifest,
     write_manifest,
@@ -157,8 +158,8 @@ def _load_frames_and_wave(
         try:
             with Image.open(path) as img:
                 frames.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-        except OSError as exc:
-            raise DecodeError(f"corrupt: {path.name}: {exc}") from None
+        except (OSError, Image.DecompressionBombError) as exc:  # the latter: above PIL's pixel limit
+            raise DecodeError(f"corrupt: {path.name}: {' '.join(str(exc).split())[:120]}") from None
     if len({f.shape for f in frames}) != 1:
         raise DecodeError("corrupt: frames of different sizes")
     stack = np.stack(frames)
@@ -168,7 +169,7 @@ def _load_frames_and_wave(
     try:
         wave = np.load(wave_path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DecodeError(f"corrupt: wave: {exc}") from None
+        raise DecodeError(f"corrupt: wave: {npy_problem(exc)}") from None
     wave = np.asarray(wave, dtype=np.float32).reshape(-1)
     if wave.size != num_segments * sample_rate:
         raise DecodeError(

@@ -31,13 +31,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        # Never pass on torch's advice to load with weights_only=False: that runs the file's code.
-        if "Unsupported global" in str(exc):
-            kind = "it holds pickled objects or code, not only tensors"
-        else:
-            kind = f"not a readable torch checkpoint ({type(exc).__name__})"
-        raise CheckpointError(f"{path}: not a checkpoint we can read safely: {kind}") from None
+        raise CheckpointError(
+            f"{path}: not a checkpoint we can read safely: {unsafe_load_reason(exc)}"
+        ) from None
     return unwrap_state_dict(obj, str(path))
+
+
+def unsafe_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words. Never torch's
+    advice to load it with ``weights_only=False``: that would run code from the file."""
+    if "Unsupported global" in str(exc):
+        return "it holds pickled objects or code, not only tensors"
+    return f"not a readable torch checkpoint ({type(exc).__name__})"
 
 
 def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -283,6 +283,12 @@ def _reduction(state: dict[str, torch.Tensor]) -> int | None:
     return norm.shape[0] // down.shape[0]
 
 
+def _avs_release_name(key: str) -> str:
+    from ..convert import release_key
+
+    return release_key(key)  # the main tasks' layout (the decoder under no prefix)
+
+
 def _map_avs_state(state: dict, model: Any, unused: dict[str, str]) -> tuple[dict, list[str]]:
     """The main tasks' mapping (``head.`` + the release key); a file without the HTS-AT STFT
     kernels and mel matrix loads into a ``front_end: weights`` model with the computed ones."""
@@ -532,6 +538,7 @@ class AVSS4Task(AVSTask):
         marker="tpavi_b1.align_channel.weight",
         unused_keys=AVS_S4_UNUSED_RELEASE_KEYS,
         map_state=_map_avs_state,
+        release_name=_avs_release_name,
         matches=_is_setting(8),
     )
     recipe = "avs-s4"
@@ -558,6 +565,7 @@ class AVSMS3Task(AVSTask):
         marker="tpavi_b1.align_channel.weight",
         unused_keys=AVS_UNUSED_RELEASE_KEYS,
         map_state=_map_avs_state,
+        release_name=_avs_release_name,
         matches=_is_setting(2),
     )
     recipe = "avs-ms3"

@@ -83,6 +83,9 @@ class ReleaseLayout:
     # ``configure(model_cfg, options) -> model_cfg``: what the loader's keyword options (files the
     # state dict does not hold) change in the model config; None: the loader takes no options.
     configure: Callable[[Any, dict[str, Any]], Any] | None = None
+    # ``release_name(our key) -> the file's key``, for messages about missing/unexpected keys
+    # (None: the main layout's spelling when ``map_state`` is None, else ours).
+    release_name: Callable[[str], str] | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ an event-less AVE video as class 0, and averages per-batch accuracies as the rel
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -416,7 +417,7 @@ class FewShotTask(Task):
 
     # -- data ------------------------------------------------------------------------------------
     def open_dataset(self, cache, split, model_cfg, data_cfg):
-        from ..data.fewshot import FewShotDataset, kshot_indices, sample_classes
+        from ..data.fewshot import FewShotDataset, kshot_per_class, sample_classes, short_classes_warning
         from ..models.encoders.base import get_family
 
         mean, std = get_family(model_cfg.family).normalization(model_cfg.visual)
@@ -425,7 +426,13 @@ class FewShotTask(Task):
             classes = [
                 sample_classes(cache.samples[i], cache.background_index) for i in cache.split_indices(split)
             ]
-            indices = kshot_indices(classes, data_cfg.shots, len(cache.class_names), self.single_label_shots)
+            per_class = kshot_per_class(
+                classes, data_cfg.shots, len(cache.class_names), self.single_label_shots
+            )
+            indices = [i for chosen in per_class for i in chosen]
+            warning = short_classes_warning(per_class, data_cfg.shots, cache.class_names)
+            if warning is not None:
+                logging.getLogger(__name__).warning("%s: %s", cache.path, warning)
         dataset = FewShotDataset(
             cache,
             split,

@@ -63,6 +63,50 @@ class ClipClapTextConfig:
     roberta: dict[str, Any] = field(default_factory=dict)  # overrides of ROBERTA_BASE (tiny tests)
     projection_dim: Annotated[int, Range(1)] = 512
 
+    def __post_init__(self) -> None:
+        check_roberta_settings(self.roberta)
+
+
+# RobertaConfig takes any keyword (an unknown one is kept and ignored): the settings it reads.
+ROBERTA_SETTINGS = (
+    *ROBERTA_BASE,
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "position_embedding_type",
+)
+_ROBERTA_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def check_roberta_settings(values: dict[str, Any]) -> None:
+    """``model.text.roberta``: known RobertaConfig settings, positive sizes, heads dividing the width."""
+    import difflib
+
+    for key, value in values.items():
+        if key not in ROBERTA_SETTINGS:
+            close = difflib.get_close_matches(str(key), ROBERTA_SETTINGS, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"roberta: unknown setting '{key}'{hint}; RoBERTa's settings: {', '.join(ROBERTA_SETTINGS)}"
+            )
+        if key in _ROBERTA_SIZES and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"roberta: {key}: {value!r} is out of range (allowed: a whole number >= 1)")
+    merged = {**ROBERTA_BASE, **values}
+    if merged["hidden_size"] % merged["num_attention_heads"]:
+        raise ValueError(
+            f"roberta: num_attention_heads {merged['num_attention_heads']} does not divide "
+            f"hidden_size {merged['hidden_size']}"
+        )
+
 
 # LAION keys the release does not run (few-shot nets/net_trans.py:656-695, prompt_learner.py:78-108).
 CLAP_UNUSED_KEYS = {

@@ -17,7 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ...schema import Annotated, Range
-from ..weights import CheckpointError, load_into
+from ..weights import CheckpointError, load_into, unsafe_load_reason
 from .base import StageGeometry
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def read_openai_clip(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(
-                f"{path}: not a CLIP TorchScript archive nor a readable state dict ({exc})"
+                f"{path}: not a CLIP TorchScript archive nor a state dict we can read safely "
+                f"({unsafe_load_reason(exc)})"
             ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

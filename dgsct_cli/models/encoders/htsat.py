@@ -59,6 +59,13 @@ class HTSATConfig:
     def __post_init__(self) -> None:
         if len(self.depths) != len(self.num_heads):
             raise ValueError("depths and num_heads must have the same length")
+        for i, heads in enumerate(self.num_heads):
+            width = self.embed_dim * 2**i  # timm would silently use width // heads channels per head
+            if width % heads:
+                raise ValueError(
+                    f"num_heads[{i}] = {heads} does not divide stage {i + 1}'s width {width} "
+                    f"(embed_dim {self.embed_dim} x {2**i})"
+                )
         if self.spec_size % self.mel_bins:
             raise ValueError(f"spec_size ({self.spec_size}) must be a multiple of mel_bins ({self.mel_bins})")
         if self.fmax <= self.fmin:

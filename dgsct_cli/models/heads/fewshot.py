@@ -24,9 +24,11 @@ class list: zero-shot re-targets a pre-trained head with :meth:`FewShotHead.set_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ...schema import Annotated, OneOf, Range
 from ..encoders.tokenizers import clap_tokenize, clip_tokenize, load_roberta_tokenizer
@@ -144,6 +146,19 @@ class AudioVisualContrastive(nn.Module):
         return scale * a @ v.t(), scale * v @ a.t()
 
 
+# Optimizer steps taken in this process. The fused Adam step (and the foreach one) updates
+# parameters in place without bumping their version counters, so the text-feature cache cannot
+# rely on them: every step of any optimizer invalidates it.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class FewShotHead(nn.Module):
     """``forward(features)`` -> ``event_logits``, ``visual_logits``, ``audio_logits`` ``[B, T, C]``
     and ``logits_audio_image``/``logits_image_audio`` ``[B, B]``.
@@ -184,6 +199,10 @@ class FewShotHead(nn.Module):
         names = list(self.cfg.class_names)
         if names:
             self.set_classes(names, self.cfg.background)
+
+    def train(self, mode: bool = True) -> FewShotHead:
+        self._text_cache.clear()  # entering or leaving training: never reuse features across it
+        return super().train(mode)
 
     @property
     def towers(self) -> tuple[nn.Module, nn.Module]:
@@ -239,11 +258,12 @@ class FewShotHead(nn.Module):
 
     def _cached(self, name: str, tensors: list[torch.Tensor], compute) -> torch.Tensor:
         """``compute()``, reused while none of ``tensors`` changed (their storage and in-place
-        version) and no gradient flows into them: the text features of an evaluation pass are
-        the same for every batch, and so are a frozen text tower's in eval mode."""
+        version), no optimizer stepped and the module kept its train/eval mode, and no gradient
+        flows into them: the text features of an evaluation pass are the same for every batch,
+        and so are a frozen text tower's in eval mode."""
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return compute()
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        key = (_OPTIMIZER_STEPS[0], *((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors))
         hit = self._text_cache.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]
