@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import checkpoint_command, command, console, epochs_done, err_console, show_progress
+from .common import checkpoint_command, console, epochs_done, err_console, show_progress
 
 fewshot_app = typer.Typer(
     help="Few-shot training (K samples per class), K sweeps, pre-training and zero-shot evaluation.",
