@@ -175,19 +175,22 @@ def info(
 @app.command()
 @command
 def convert(
-    task: str = typer.Argument(..., help="Task of the release checkpoint (ave, ...)."),
+    task: str = typer.Argument(
+        ...,
+        help="Release layout: a task (ave, avvp, ...: DG-SCT's release) or ave-lavish (LAVisH's AVE model).",
+    ),
     release: Path = typer.Argument(..., help="The release's .pt file (torch.save(model.state_dict()))."),
     out: Path = typer.Option(..., "--out", "-o", help="Our checkpoint (.safetensors) to write."),
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe to embed (default: the task's)."),
 ) -> None:
-    """Convert a DG-SCT release checkpoint to a dgsct checkpoint (safetensors + recipe)."""
+    """Convert a release checkpoint (DG-SCT's, or LAVisH's AVE model) to a dgsct checkpoint."""
     from ..checkpoint import save_checkpoint
     from ..config import load_recipe
-    from ..convert import load_official_checkpoint, release_recipe
+    from ..convert import load_official_checkpoint, release_recipe, release_task
 
     r = load_recipe(recipe) if recipe else release_recipe(task)
-    if r.task != task:
-        raise ValueError(f"--recipe is for task {r.task}, not {task}")
+    if r.task != release_task(task):
+        raise ValueError(f"--recipe is for task {r.task}, not {release_task(task)}")
     model = load_official_checkpoint(task, release, r.model)
     save_checkpoint(model, r, out, full=True)
     console.print(f"wrote {out} ({_millions(model.parameter_counts()['total'])} parameters, task {task})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,8 +42,22 @@ class ModelConfig:
     # visual tower is as deep as the full-size one, where stored activations dominate memory.
     recompute: Annotated[str, OneOf("auto", "on", "off")] = "auto"
     # false: the frozen towers alone, no adapters (pooling by token means), for heads trained on
-    # the plain encoders (e.g. a grounding pre-training stage).
+    # the plain encoders (e.g. a grounding pre-training stage). The same as ``adapter.kind: none``,
+    # which it is kept in step with (older recipes say ``use_adapters: false``).
     use_adapters: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.adapter, AdapterSettings):
+            return
+        if not self.use_adapters and self.adapter.kind != "none":
+            if self.adapter.kind != "dgsct":
+                raise ValueError(
+                    f"use_adapters: false contradicts adapter.kind: {self.adapter.kind} "
+                    "(use adapter.kind: none for a model without adapters)"
+                )
+            self.adapter = replace(self.adapter, kind="none")
+        elif self.adapter.kind == "none":
+            self.use_adapters = False
 
 
 def resolve_family_sections(cfg: ModelConfig, where: str = "recipe") -> ModelConfig:
