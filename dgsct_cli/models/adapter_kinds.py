@@ -28,15 +28,22 @@ def _no_check(settings: AdapterSettings) -> None:
     return None
 
 
+def _no_label(settings: AdapterSettings, family: str) -> str:
+    return settings.kind
+
+
 @dataclass(frozen=True)
 class AdapterKind:
     """A registry entry. ``build`` is None for a kind without adapters; ``check`` raises
-    ``ValueError`` (one line, naming the ``model.adapter`` key) for settings the kind cannot use."""
+    ``ValueError`` (one line, naming the ``model.adapter`` key) for settings the kind cannot use;
+    ``method(settings, family)`` names the method a model of this kind is, as papers name it
+    (``dgsct compare`` matches it with a task's published rows)."""
 
     name: str
     description: str
     build: AdapterBuilder | None
     check: Callable[[AdapterSettings], None] = _no_check
+    method: Callable[[AdapterSettings, str], str] = _no_label
 
 
 ADAPTER_KINDS: dict[str, AdapterKind] = {}
@@ -85,6 +92,21 @@ def _check_lavish(settings: AdapterSettings) -> None:
         raise ValueError("temporal_gate: DG-SCT's few-shot temporal gate is not part of a LAVisH adapter")
 
 
+def _dgsct_method(settings: AdapterSettings, family: str) -> str:
+    from .adapter import GUIDANCE_PATHS
+
+    if set(settings.guidance) == set(GUIDANCE_PATHS):
+        return "DG-SCT"
+    kept = [p for p in GUIDANCE_PATHS if p in settings.guidance]
+    return f"DG-SCT ({' + '.join(kept) or 'no guidance'})"
+
+
+def _lavish_method(settings: AdapterSettings, family: str) -> str:
+    # LAVisH as published shares one Swin-V2 between the modalities; LAVisH* (DG-SCT's name) is
+    # LAVisH on DG-SCT's two encoders.
+    return "LAVisH" if family == "swinv2-shared" else "LAVisH*"
+
+
 def _build_dgsct(c: int, l: int, cg: int, lg: int, settings: AdapterSettings) -> nn.Module:  # noqa: E741
     from .adapter import DGSCTAdapter
 
@@ -103,6 +125,7 @@ register_adapter_kind(
         "DG-SCT (NeurIPS 2023): cross-modal prompts with spatial, channel (and temporal) guidance",
         _build_dgsct,
         _check_dgsct,
+        _dgsct_method,
     )
 )
 register_adapter_kind(
@@ -111,6 +134,7 @@ register_adapter_kind(
         "LAVisH (CVPR 2023): latent tokens that gather the other modality + a bottleneck",
         _build_lavish,
         _check_lavish,
+        _lavish_method,
     )
 )
 register_adapter_kind(
@@ -119,5 +143,6 @@ register_adapter_kind(
         "no adapters: the frozen encoders' pooled features feed the head (the paper's baseline)",
         None,
         _check_guidance_only_for_dgsct,
+        lambda settings, family: "frozen baseline",
     )
 )

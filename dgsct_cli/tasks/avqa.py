@@ -345,6 +345,33 @@ class AVQATask(_AVQAData, Task):
     loss_config = AVQALossConfig
     default_num_classes = len(ANSWER_VOCAB)
     selection_metric = "accuracy"
+    comparison_metrics = (
+        ("audio_accuracy", "AQ"),
+        ("visual_accuracy", "VQ"),
+        ("audio_visual_accuracy", "AVQ"),
+        ("accuracy", "Avg"),
+    )
+    # DG-SCT (NeurIPS 2023), the AVQA table.
+    published = {
+        "DG-SCT": {
+            "audio_accuracy": 77.4,
+            "visual_accuracy": 81.9,
+            "audio_visual_accuracy": 70.7,
+            "accuracy": 74.8,
+        },
+        "LAVisH": {
+            "audio_accuracy": 75.7,
+            "visual_accuracy": 80.4,
+            "audio_visual_accuracy": 70.4,
+            "accuracy": 74.0,
+        },
+        "LAVisH*": {
+            "audio_accuracy": 75.4,
+            "visual_accuracy": 79.6,
+            "audio_visual_accuracy": 70.1,
+            "accuracy": 73.6,
+        },
+    }
     release = ReleaseLayout(marker="question_encoder.word2vec.weight", unused_keys=AVQA_UNUSED_RELEASE_KEYS)
     recipe = "avqa"
     label_kinds = ("answer", "type")

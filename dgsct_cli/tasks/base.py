@@ -167,6 +167,12 @@ class Task:
     # The ``dgsct predict`` options the task reads (``question``, ``r2plus1d_weights``); giving
     # another is refused rather than silently ignored.
     predict_options: tuple[str, ...] = ()
+    # ``dgsct compare``: the metrics it tabulates, as (metrics key, column name) (empty: the
+    # selection metric), and the paper's published test numbers per method, by metrics key (the
+    # method names the adapter kinds give: "DG-SCT", "LAVisH", "LAVisH*"; a list holds several
+    # published figures of one method).
+    comparison_metrics: tuple[tuple[str, str], ...] = ()
+    published: dict[str, dict[str, float | list[float]]] = {}
 
     # -- model -----------------------------------------------------------------------------------
     def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:
