@@ -61,7 +61,7 @@ OTHER_RELEASES: dict[str, OtherRelease] = {
         task="ave",
         recipe="ave-lavish",
         layout=ReleaseLayout(marker="mlp_class_2.weight", matches=_is_lavish_ave),
-        description="LAVisH's AVE MMIL_Net (github GenjiB/LAVISH, AVE/nets/net_trans.py), one shared Swin-V2-L",
+        description="LAVisH AVE checkpoint (the MMIL_Net of github GenjiB/LAVISH, one shared Swin-V2-L)",
     ),
 }
 
@@ -199,7 +199,7 @@ def load_official_checkpoint(
 
     if task not in OTHER_RELEASES and task not in available_tasks():
         raise CheckpointError(
-            f"unknown release layout {task!r}; available: {', '.join(release_layout_names())}"
+            f"unknown task {task!r} for a release checkpoint; release layouts: {', '.join(release_layout_names())}"
         )
     model_task, layout = _layout(task)
     if layout is None:
@@ -211,9 +211,9 @@ def load_official_checkpoint(
         state = {layout.rename(k): v for k, v in state.items()}
     found = detect_release_task(state)
     if found is None:
+        what = OTHER_RELEASES[task].description if task in OTHER_RELEASES else "DG-SCT release checkpoint"
         raise CheckpointError(
-            f"{name}: not a release checkpoint dgsct knows (no '{layout.marker}' key); "
-            f"expected a {task.upper()} release state dict"
+            f"{name}: not a {what} (no '{layout.marker}' key); expected a {task.upper()} release state dict"
         )
     if found != task:
         article = "an" if found[0] in "aeiou" else "a"

@@ -167,3 +167,35 @@ def test_lavish_star_ave_matches_lavish_adapters_in_dgscts_model():
     assert _rel(out["av_gate"], want["audio_visual_gate"].squeeze(-1).transpose(0, 1)) < 1e-3
     assert _rel(out["av_score"], want["av_score"]) < 1e-3
     torch.testing.assert_close(out["event_logits"], want["event_scores"], rtol=1e-3, atol=1e-4)
+
+
+# -- AVS: LAVisH's decoder ------------------------------------------------------------------------------
+
+
+def test_lavish_avs_decoder_matches_lavish():
+    """``model.head.decoder: lavish`` (Linear to PVT-v2's widths, ASPP, TPAVI, FPN; no temporal
+    attention) against LAVisH's Pred_endecoder lines on fixed stage maps, full size, one video."""
+    from dgsct_cli.models.heads.avs import AVSHead, AVSHeadConfig
+
+    ref = _load("lavish_avs_decoder.pt")
+    spec = importlib.util.spec_from_file_location("lavish_make_inputs", HERE / "make_inputs.py")
+    make_inputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_inputs)
+    stages, tokens = make_inputs.avs_decoder_inputs(batch=1, seed=31)
+    for tensor, digest in zip([*stages, tokens], ref["input_sha256"], strict=True):
+        assert hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest() == digest
+    head = AVSHead(1536, 1536, AVSHeadConfig(decoder="lavish")).eval()
+    state = _state(ref)
+    own = head.state_dict()
+    unused = sorted(set(state) - set(own))
+    assert unused == [f"path4.resConfUnit1.{p}.{w}" for p in ("conv1", "conv2") for w in ("bias", "weight")]
+    assert not set(own) - set(state)
+    head.load_state_dict({k: state[k] for k in own})
+    assert head.temporal_attn is None
+    with torch.no_grad():
+        out = head.decode(stages, tokens.mean(1).view(1, 5, -1))
+    assert _rel(out["mask_logits"], ref["pred"]) < 1e-3
+    torch.testing.assert_close(out["mask_logits"], ref["pred"], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out["feature_map_3"], ref["feature_maps"][3], rtol=1e-3, atol=1e-4)
+    for i, audio in enumerate(ref["tpavi_audio"]):
+        torch.testing.assert_close(out[f"tpavi_audio_{i}"], audio, rtol=1e-4, atol=1e-5)
