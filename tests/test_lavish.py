@@ -33,6 +33,13 @@ def _load(name: str) -> dict:
     return torch.load(HERE / name, weights_only=True)
 
 
+def _make_inputs():
+    spec = importlib.util.spec_from_file_location("lavish_make_inputs", HERE / "make_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
@@ -178,10 +185,7 @@ def test_lavish_avs_decoder_matches_lavish():
     from dgsct_cli.models.heads.avs import AVSHead, AVSHeadConfig
 
     ref = _load("lavish_avs_decoder.pt")
-    spec = importlib.util.spec_from_file_location("lavish_make_inputs", HERE / "make_inputs.py")
-    make_inputs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_inputs)
-    stages, tokens = make_inputs.avs_decoder_inputs(batch=1, seed=31)
+    stages, tokens = _make_inputs().avs_decoder_inputs(batch=1, seed=31)
     for tensor, digest in zip([*stages, tokens], ref["input_sha256"], strict=True):
         assert hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest() == digest
     head = AVSHead(1536, 1536, AVSHeadConfig(decoder="lavish")).eval()
@@ -199,3 +203,44 @@ def test_lavish_avs_decoder_matches_lavish():
     torch.testing.assert_close(out["feature_map_3"], ref["feature_maps"][3], rtol=1e-3, atol=1e-4)
     for i, audio in enumerate(ref["tpavi_audio"]):
         torch.testing.assert_close(out[f"tpavi_audio_{i}"], audio, rtol=1e-4, atol=1e-5)
+
+
+# -- AVQA: LAVisH's head ----------------------------------------------------------------------------
+
+
+def test_lavish_avqa_head_matches_lavish():
+    """``model.head.type: lavish`` (yb_fc_v / yb_fc_a to 512, no fc_a1, the grounding, match and
+    question-guided fusion of ST-AVQA at 512) against LAVisH's AVQA_Fusion_Net lines after the
+    shared Swin, on fixed normed token maps (2 clips of 10 segments)."""
+    from dgsct_cli.models.heads.avqa import LAVisHAVSTHead
+    from dgsct_cli.models.output import EncoderOutput
+
+    ref = _load("lavish_avqa_head.pt")
+    f_v, f_a, nega, question = _make_inputs().avqa_head_inputs(batch=2, segments=10, seed=47)
+    for tensor, digest in zip((f_v, f_a, nega, question), ref["input_sha256"], strict=True):
+        assert hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest() == digest
+    head = LAVisHAVSTHead(1536, 1536, num_answers=42, vocab_size=93).eval()
+    state = _state(ref)
+    own = head.state_dict()
+    never_run = {k.split(".")[0] for k in set(state) - set(own)}
+    assert never_run == {
+        "fc_a1",
+        "fc_a1_pure",
+        "fc_a2_pure",
+        "fc_v",
+        "fc_st",
+        "fc",
+        "fc_aq",
+        "fc_vq",
+        "norm3",
+    }
+    assert not set(own) - set(state)
+    head.load_state_dict({k: state[k] for k in own})
+    features = EncoderOutput(
+        visual=f_v.mean(1).view(2, 10, -1), audio=f_a.mean(1).view(2, 10, -1), visual_tokens=f_v
+    )
+    with torch.no_grad():
+        out = head(features, question=question, negative_frames=nega)
+    torch.testing.assert_close(out["answer_logits"], ref["out_qa"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["match_logits_positive"], ref["out_match_posi"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["match_logits_negative"], ref["out_match_nega"], rtol=1e-4, atol=1e-5)
