@@ -244,3 +244,28 @@ def test_lavish_avqa_head_matches_lavish():
     torch.testing.assert_close(out["answer_logits"], ref["out_qa"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["match_logits_positive"], ref["out_match_posi"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["match_logits_negative"], ref["out_match_nega"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_shared_family_run_saves_only_what_training_changes(tmp_path):
+    """The shared family's audio side has no weight file of its own: with the Swin read from a
+    file, training checkpoints hold only the adapters and the head, and load back exactly."""
+    from safetensors.torch import save_file
+
+    from dgsct_cli.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from dgsct_cli.config import load_recipe
+    from dgsct_cli.factory import build_model
+
+    recipe = load_recipe("ave-lavish-tiny", ["model.head.num_classes=28"])
+    torch.manual_seed(0)
+    model = build_model(recipe)
+    weights = tmp_path / "swin.safetensors"
+    save_file({k: v.contiguous() for k, v in model.encoder.visual.state_dict().items()}, str(weights))
+    recipe = load_recipe("ave-lavish-tiny", ["model.head.num_classes=28", f"model.visual.weights={weights}"])
+    path = save_checkpoint(model, recipe, tmp_path / "run.safetensors", full=False)
+    assert read_metadata(path)["contents"] == "delta"
+    loaded, _, _ = load_checkpoint(path)
+    frames, audio = torch.randn(1, 10, 3, 64, 64), torch.randn(1, 10, 16000) * 0.1
+    with torch.no_grad():
+        want = model.eval()(frames=frames, audio=audio)["segment_class_logits"]
+        got = loaded.eval()(frames=frames, audio=audio)["segment_class_logits"]
+    torch.testing.assert_close(got, want)
