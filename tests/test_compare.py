@@ -36,16 +36,27 @@ RUNS = {
 }
 
 
+class _Runs(dict):
+    """Run folders by name, each trained the first time a test asks for it."""
+
+    def __init__(self, root: Path, data: Path) -> None:
+        super().__init__()
+        self.root, self.data = root, data
+
+    def __missing__(self, name: str) -> Path:
+        recipe, *overrides = RUNS[name]
+        run = self.root / name
+        ok("--quiet", "train", "--recipe", recipe, "--data", self.data, "--output", run, *overrides)
+        self[name] = run
+        return run
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     data = root / "C"
     ok("--quiet", "prepare", "ave", "--synthetic", "--out", data, "--videos", 24, "--image-size", 64)
-    runs = {}
-    for name, (recipe, *overrides) in RUNS.items():
-        runs[name] = root / name
-        ok("--quiet", "train", "--recipe", recipe, "--data", data, "--output", runs[name], *overrides)
-    return SimpleNamespace(root=root, data=data, runs=runs)
+    return SimpleNamespace(root=root, data=data, runs=_Runs(root, data))
 
 
 def _test_accuracy(ws, run: Path) -> float:
@@ -162,14 +173,19 @@ def _lavish_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_a_lavish_mmil_net_state_dict_evaluates_and_converts(ws):
     from dgsct_cli.checkpoint import load_checkpoint
+    from dgsct_cli.config import load_recipe, recipe_to_yaml
 
     model, _, _ = load_checkpoint(ws.runs["lavish"] / "best.safetensors")
     path = ws.root / "MMIL_Net.pt"
     torch.save(_lavish_layout(model.state_dict()), path)
+    # A release file carries no recipe: the classes of the synthetic set are given by one.
+    classes = model.cfg.head.num_classes
+    recipe = ws.root / "lavish-tiny.yaml"
+    recipe.write_text(recipe_to_yaml(load_recipe("ave-lavish-tiny", [f"model.head.num_classes={classes}"])))
     a, b = ws.root / "release.json", ws.root / "converted.json"
-    ok("eval", "--checkpoint", path, "--recipe", "ave-lavish-tiny", "--data", ws.data, "--json", a)
+    ok("eval", "--checkpoint", path, "--recipe", recipe, "--data", ws.data, "--json", a)
     converted = ws.root / "lavish.safetensors"
-    ok("convert", "ave-lavish", path, "--out", converted, "--recipe", "ave-lavish-tiny")
+    ok("convert", "ave-lavish", path, "--out", converted, "--recipe", recipe)
     ok("eval", "--checkpoint", converted, "--data", ws.data, "--json", b)
     first, second = json.loads(a.read_text()), json.loads(b.read_text())
     assert first["checkpoint_kind"] == "release" and second["checkpoint_kind"] == "dgsct"
