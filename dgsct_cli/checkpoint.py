@@ -82,8 +82,10 @@ def save_checkpoint(
 
     path = Path(path)
     state = model.state_dict()
-    # Randomly initialised encoders cannot be rebuilt from files: keep them in the checkpoint.
-    if any(getattr(getattr(recipe.model, s), "weights", None) in (None, "hub") for s in ("visual", "audio")):
+    # Randomly initialised encoders cannot be rebuilt from files: keep them in the checkpoint. A
+    # tower config without a weight file (the shared family's audio front end) needs none.
+    towers = [getattr(recipe.model, s) for s in ("visual", "audio")]
+    if any(hasattr(t, "weights") and t.weights in (None, "hub") for t in towers):
         full = True
     if not full:
         keep = _delta_keys(model, state)

@@ -1,4 +1,5 @@
-"""Release checkpoints (``torch.save(model.state_dict())`` of the DG-SCT release) -> our model.
+"""Release checkpoints (``torch.save(model.state_dict())`` of the DG-SCT release, and of LAVisH's
+AVE model as ``ave-lavish``) -> our model.
 
 The mapping is by name: ``swin.*`` -> ``encoder.visual.*`` (the release's "merge at the end of a
 stage" moved to timm's start of the next, then timm's checkpoint filter), ``htsat.*`` -> ``encoder.audio.*``,
@@ -10,6 +11,7 @@ release builds but never runs, which are dropped by name (each pattern carries i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from timm.models.swin_transformer_v2 import checkpoint_filter_fn
 
 from .config import Recipe, load_recipe
 from .models.dgsct import DGSCTModel, ModelConfig
-from .models.encoders.htsat import HTSAT_UNUSED_KEYS, htsat_key_map, htsat_unused_keys
+from .models.encoders.htsat import HTSAT_UNUSED_KEYS, HTSATConfig, htsat_key_map, htsat_unused_keys
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file, unwrap_state_dict
+from .tasks.base import ReleaseLayout
 
 # Release keys every task's checkpoint carries but no task runs.
 COMMON_UNUSED_RELEASE_KEYS = {
@@ -54,6 +57,53 @@ def release_key(key: str) -> str:
     return key[len("head.") :] if key.startswith("head.") else key
 
 
+@dataclass(frozen=True)
+class OtherRelease:
+    """A release layout that is not a task's own DG-SCT release: another method's published model
+    of a task, read with its own recipe (``load_official_checkpoint(name, ...)``)."""
+
+    task: str
+    recipe: str
+    layout: ReleaseLayout
+    description: str
+
+
+def _is_lavish_ave(state: dict) -> bool:
+    """LAVisH's AVE ``MMIL_Net``: one Swin (no HTS-AT), LAVisH adapters, ``mlp_class`` heads."""
+    return not any(k.startswith("htsat.") for k in state) and "audio_adapter_blocks_p1.0.my_tokens" in state
+
+
+OTHER_RELEASES: dict[str, OtherRelease] = {
+    "ave-lavish": OtherRelease(
+        task="ave",
+        recipe="ave-lavish",
+        layout=ReleaseLayout(marker="mlp_class_2.weight", matches=_is_lavish_ave),
+        description="LAVisH AVE checkpoint (the MMIL_Net of github GenjiB/LAVISH, one shared Swin-V2-L)",
+    ),
+}
+
+
+def release_layout_names() -> list[str]:
+    """Every name ``load_official_checkpoint`` takes: the tasks with a release, then the others."""
+    from .tasks.base import available_tasks, get_task
+
+    return [t for t in available_tasks() if get_task(t).release is not None] + list(OTHER_RELEASES)
+
+
+def _layout(name: str) -> tuple[str, ReleaseLayout | None]:
+    """(task, layout) of a release layout name (a task name or an :data:`OTHER_RELEASES` key)."""
+    from .tasks.base import get_task
+
+    if name in OTHER_RELEASES:
+        return OTHER_RELEASES[name].task, OTHER_RELEASES[name].layout
+    return name, get_task(name).release
+
+
+def release_task(name: str) -> str:
+    """The task a release layout name is for (``ave-lavish`` -> ``ave``)."""
+    return _layout(name)[0]
+
+
 def _strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module.") :]: v for k, v in state.items()}
@@ -61,13 +111,12 @@ def _strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def detect_release_task(state: dict[str, Any]) -> str | None:
-    """The task whose release checkpoint this is (by a key only that task has), or None."""
-    from .tasks.base import available_tasks, get_task
-
+    """The release layout of this checkpoint (a task name such as ``ave``, or ``ave-lavish``), by
+    a key only that layout has, or None."""
     state = _strip_data_parallel(state)
     by_marker, specific = [], []
-    for name in available_tasks():
-        layout = get_task(name).release
+    for name in release_layout_names():
+        layout = _layout(name)[1]
         if layout is None or layout.marker not in state:
             continue
         if layout.matches is None:
@@ -80,10 +129,13 @@ def detect_release_task(state: dict[str, Any]) -> str | None:
 
 
 def release_recipe(task: str, recipe: Recipe | None = None) -> Recipe:
-    """The recipe a release checkpoint of ``task`` is read with: ``recipe`` when it is for that
-    task, else the task's built-in recipe (release settings)."""
+    """The recipe a release checkpoint of ``task`` (a release layout name) is read with: ``recipe``
+    when it is for that task, else the layout's built-in recipe (release settings)."""
     from .tasks.base import get_task
 
+    if task in OTHER_RELEASES:
+        other = OTHER_RELEASES[task]
+        return recipe if recipe is not None and recipe.task == other.task else load_recipe(other.recipe)
     if recipe is not None and recipe.task == task:
         return recipe
     spec = get_task(task)
@@ -94,7 +146,8 @@ def map_release_state_dict(
     state: dict[str, torch.Tensor], model: DGSCTModel, unused: dict[str, str]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Release keys -> our keys. Returns (mapped state, release keys dropped as unused)."""
-    audio_unused = htsat_unused_keys(model.encoder.audio.cfg)
+    audio_cfg = getattr(model.encoder.audio, "cfg", None)
+    audio_unused = htsat_unused_keys(audio_cfg) if isinstance(audio_cfg, HTSATConfig) else {}
     patterns = {
         **{k: v for k, v in COMMON_UNUSED_RELEASE_KEYS.items() if not k.startswith("^htsat\\.")},
         **{"^htsat\\." + p.lstrip("^"): reason for p, reason in audio_unused.items()},
@@ -164,26 +217,32 @@ def load_official_checkpoint(
 ) -> DGSCTModel:
     """Our model for ``task`` with the weights of a release checkpoint, in eval mode.
 
-    ``source`` is a path to the release file (read with ``weights_only=True``) or an
-    already-loaded state dict in the release layout. ``options`` name files a task's layout needs
-    besides the state dict (the task's ``ReleaseLayout.configure`` says which).
+    ``task`` names a release layout: a task (``ave``, ``avvp``, ...: DG-SCT's release of it) or
+    another method's published model (``ave-lavish``: LAVisH's AVE ``MMIL_Net``). ``source`` is a
+    path to the release file (read with ``weights_only=True``) or an already-loaded state dict in
+    that layout. ``options`` name files a task's layout needs besides the state dict (the task's
+    ``ReleaseLayout.configure`` says which).
     """
     from .factory import create_model
-    from .tasks.base import get_task
+    from .tasks.base import available_tasks
 
-    spec = get_task(task)
-    if spec.release is None:
+    if task not in OTHER_RELEASES and task not in available_tasks():
+        raise CheckpointError(
+            f"unknown task {task!r} for a release checkpoint; release layouts: {', '.join(release_layout_names())}"
+        )
+    model_task, layout = _layout(task)
+    if layout is None:
         raise CheckpointError(f"task {task!r} has no release checkpoint layout")
     name = str(source) if not isinstance(source, dict) else "release state dict"
     state = load_state_dict_file(source) if not isinstance(source, dict) else unwrap_state_dict(source, name)
     state = _strip_data_parallel(state)
-    if spec.release.rename is not None:
-        state = {spec.release.rename(k): v for k, v in state.items()}
+    if layout.rename is not None:
+        state = {layout.rename(k): v for k, v in state.items()}
     found = detect_release_task(state)
     if found is None:
+        what = OTHER_RELEASES[task].description if task in OTHER_RELEASES else "DG-SCT release checkpoint"
         raise CheckpointError(
-            f"{name}: not a DG-SCT release checkpoint (no '{spec.release.marker}' key); "
-            f"expected a {task.upper()} release state dict"
+            f"{name}: not a {what} (no '{layout.marker}' key); expected a {task.upper()} release state dict"
         )
     if found != task:
         article = "an" if found[0] in "aeiou" else "a"
@@ -193,13 +252,11 @@ def load_official_checkpoint(
     if model_cfg is None:
         model_cfg = release_recipe(task).model
     if options:
-        if spec.release.configure is None:
+        if layout.configure is None:
             raise TypeError(
                 f"load_official_checkpoint: task {task!r} takes no options ({', '.join(options)})"
             )
-        model_cfg = spec.release.configure(model_cfg, options)
-    model = create_model(task, model_cfg, load_encoder_weights=False)
-    load_release_state_dict(
-        model, state, name, spec.release.unused_keys, spec.release.map_state, spec.release.release_name
-    )
+        model_cfg = layout.configure(model_cfg, options)
+    model = create_model(model_task, model_cfg, load_encoder_weights=False)
+    load_release_state_dict(model, state, name, layout.unused_keys, layout.map_state, layout.release_name)
     return model.eval()

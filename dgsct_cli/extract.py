@@ -16,6 +16,14 @@ from .runtime import autocast_for, progress_bar, to_device
 from .tasks.base import Task
 
 
+def model_method(model: DGSCTModel) -> str:
+    """The method a model is, as papers name it (DG-SCT, LAVisH, LAVisH*, frozen baseline)."""
+    from .models.adapter_kinds import get_adapter_kind
+
+    settings = model.cfg.adapter
+    return get_adapter_kind(settings.kind).method(settings, model.cfg.family)
+
+
 @torch.no_grad()
 def extract_features(
     model: DGSCTModel,
@@ -65,6 +73,7 @@ def extract_features(
         # Names of the values in segment_labels (classes, background, answers...: the task's).
         "label_names": np.array(task.label_names(dataset, **kind)),
         "use_adapters": np.array(use_adapters),
+        "method": np.array(model_method(model)),
         "task": np.array(task.name),
         "split": np.array(dataset.split),
     }

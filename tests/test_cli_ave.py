@@ -322,9 +322,9 @@ def test_visualize_tsne_writes_png_and_silhouettes(ws):
     scores = json.loads(fig.with_suffix(".json").read_text())
     n = len(ws.cache.split_indices("test"))
     assert set(scores) == {
-        "visual: frozen encoders",
+        "visual: adapters removed",
         "visual: DG-SCT",
-        "audio: frozen encoders",
+        "audio: adapters removed",
         "audio: DG-SCT",
     }
     for panel in scores.values():

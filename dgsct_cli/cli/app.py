@@ -199,19 +199,22 @@ def info(
 @app.command()
 @command
 def convert(
-    task: str = typer.Argument(..., help="Task of the release checkpoint (ave, ...)."),
+    task: str = typer.Argument(
+        ...,
+        help="Release layout: a task (ave, avvp, ...: DG-SCT's release) or ave-lavish (LAVisH's AVE model).",
+    ),
     release: Path = typer.Argument(..., help="The release's .pt file (torch.save(model.state_dict()))."),
     out: Path = typer.Option(..., "--out", "-o", help="Our checkpoint (.safetensors) to write."),
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe to embed (default: the task's)."),
 ) -> None:
-    """Convert a DG-SCT release checkpoint to a dgsct checkpoint (safetensors + recipe)."""
+    """Convert a release checkpoint (DG-SCT's, or LAVisH's AVE model) to a dgsct checkpoint."""
     from ..checkpoint import save_checkpoint
     from ..config import load_recipe
-    from ..convert import load_official_checkpoint, release_recipe
+    from ..convert import load_official_checkpoint, release_recipe, release_task
 
     r = load_recipe(recipe) if recipe else release_recipe(task)
-    if r.task != task:
-        raise ValueError(f"--recipe is for task {r.task}, not {task}")
+    if r.task != release_task(task):
+        raise ValueError(f"--recipe is for task {r.task}, not {release_task(task)}")
     model = load_official_checkpoint(task, release, r.model)
     save_checkpoint(model, r, out, full=True)
     console.print(f"wrote {out} ({_millions(model.parameter_counts()['total'])} parameters, task {task})")
@@ -406,6 +409,45 @@ def eval_(
     _evaluate(checkpoint, data, split, json_out, recipe, batch_size, device, predictions)
 
 
+@app.command()
+@command
+def compare(
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Run folders, dgsct .safetensors or release .pt files, all of one task."
+    ),
+    data: DataOption = ...,
+    split: SplitOption = "test",
+    out: list[Path] = typer.Option(
+        None, "--out", "-o", help="Also write the table: .md, .json or .png (a bar chart); repeatable."
+    ),
+    recipe: ReleaseRecipeOption = None,
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    device: DeviceOption = None,
+) -> None:
+    """Evaluate several runs on one split: one table (method, adapters, trainable parameters, the
+    task's metrics) with the paper's published numbers beside each method."""
+    from ..compare import OUTPUT_SUFFIXES, compare_checkpoints, comparison_table, write_comparison
+    from ..config import load_recipe
+
+    for path in out or []:
+        if path.suffix not in OUTPUT_SUFFIXES:
+            raise ValueError(f"--out {path}: expected a .md, .json or .png file")
+        _check_writable(path)
+    result = compare_checkpoints(
+        checkpoints,
+        data,
+        split,
+        load_recipe(recipe) if recipe else None,
+        device,
+        batch_size,
+        err_console,
+        show_progress(),
+    )
+    console.print(comparison_table(result))
+    for path in out or []:
+        console.print(f"wrote {write_comparison(result, path)}")
+
+
 def _features(
     checkpoint: Path,
     data: Path,
@@ -474,20 +516,39 @@ def tsne(
     recipe: ReleaseRecipeOption = None,
     labels: LabelsOption = None,
     device: DeviceOption = None,
+    baseline: Path | None = typer.Option(
+        None,
+        "--baseline",
+        help="A trained run without adapters (model.adapter.kind: none), drawn beside the checkpoint's features.",
+    ),
 ) -> None:
-    """t-SNE of segment features, without vs with DG-SCT, with a silhouette score per panel."""
+    """t-SNE of segment features: the checkpoint's model with its adapters removed, a trained
+    baseline (--baseline), and the model itself, with a silhouette score per panel."""
+    import numpy as np
+
     from ..viz.tsne import FeaturePanel, plot_tsne_panels
 
     if modality not in ("visual", "audio", "both"):
         raise ValueError(f"--modality must be visual, audio or both, got {modality!r}")
+    _check_writable(out)
     feats = _features(checkpoint, data, split, None, recipe, labels, device)
     base, ours = feats[False], feats[True]
-    _check_writable(out)
-    labels = ours["segment_labels"].reshape(-1)
+    labels_flat = ours["segment_labels"].reshape(-1)
+    columns = [("adapters removed", base)]
+    if baseline is not None:
+        trained = _features(baseline, data, split, True, recipe, labels, device)[True]
+        if not (
+            np.array_equal(trained["sample_ids"], ours["sample_ids"])
+            and np.array_equal(trained["segment_labels"], ours["segment_labels"])
+        ):
+            raise ValueError(f"--baseline {baseline}: its {split} samples are not the checkpoint's")
+        name = Path(baseline).name if Path(baseline).is_dir() else Path(baseline).stem
+        columns.append((f"trained {trained['method']} ({name})", trained))
+    columns.append((str(ours["method"]), ours))
     panels = []
     for mod in ("visual", "audio") if modality == "both" else (modality,):
-        for name, f in (("frozen encoders", base), ("DG-SCT", ours)):
-            panels.append(FeaturePanel(f"{mod}: {name}", f[mod].reshape(len(labels), -1), labels))
+        for title, f in columns:
+            panels.append(FeaturePanel(f"{mod}: {title}", f[mod].reshape(len(labels_flat), -1), labels_flat))
     background = int(ours["background_index"])
     background = None if background < 0 else background
     class_names = [str(c) for c in ours["label_names"]]

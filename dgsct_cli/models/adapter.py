@@ -1,5 +1,8 @@
 """The DG-SCT adapter: one module, used for both directions (audio->visual and visual->audio).
 
+``AdapterSettings`` is the recipe section ``model.adapter`` of every adapter kind (``kind``:
+``dgsct``, ``lavish`` or ``none``; the kinds are a registry in :mod:`.adapter_kinds`).
+
 Tokens are kept channels-last (``[N, L, C]``) inside the model because every operation except
 the token-axis mixing is a per-token linear map; the release's ``[N, C, L, 1]`` Conv2d layout is
 kept only in the parameter *shapes and names* so release checkpoints load unchanged.
@@ -8,7 +11,7 @@ kept only in the parameter *shapes and names* so release checkpoints load unchan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +19,23 @@ from torch import nn
 
 from ..schema import Annotated, OneOf, Range
 
+GUIDANCE_PATHS = ("spatial", "channel", "temporal")
+
 
 @dataclass
 class AdapterSettings:
     """Per-task adapter options (the release's per-task variants are settings, not classes).
-    Defaults are AVE's."""
+    Defaults are AVE's DG-SCT adapters."""
 
+    # Which adapters sit at the block pairs: "dgsct", "lavish" (LAVisH, CVPR 2023) or "none" (the
+    # frozen encoders alone: the paper's baseline without DG-SCT). See models/adapter_kinds.py.
+    kind: str = "dgsct"
+    # DG-SCT's guided attention paths that run (the paper's component ablation); a path left out
+    # is not built and its attention is zero: no channel term (x is not re-weighted by it), no
+    # spatial term (the pooling map is uniform: a token mean), no temporal gate.
+    guidance: Annotated[list[str], OneOf(*GUIDANCE_PATHS)] = field(
+        default_factory=lambda: list(GUIDANCE_PATHS)
+    )
     num_tokens: Annotated[int, Range(1)] = 32
     token_init: Annotated[str, OneOf("uniform", "zeros")] = "uniform"  # U[0,1) or zeros
     reduction: Annotated[int, Range(1)] = 8  # bottleneck reduction r
@@ -30,10 +44,13 @@ class AdapterSettings:
     use_gate: bool = True  # output gate of the visual adapters (false: output added un-gated)
     audio_gate: bool | None = None  # output gate of the audio adapters; None = same as use_gate
     # How the guide tokens reach x's token count: "token_conv" (1x1 conv over tokens, then fc;
-    # AVE/AVVP/AVQA/MS3) or "resize" (fc, then bicubic resize of the token grid; AVS-S4).
-    guide_projection: Annotated[str, OneOf("token_conv", "resize")] = "token_conv"
+    # AVE/AVVP/AVQA/MS3) or "resize" (fc, then bicubic resize of the token grid; AVS-S4); "linear":
+    # fc only (Linear C' -> C; none when the widths are equal), the guide keeps its own tokens
+    # (LAVisH's latent tokens attend over any number of them).
+    guide_projection: Annotated[str, OneOf("token_conv", "resize", "linear")] = "token_conv"
     gate_tk: bool = True  # the release's unused `gate_tk` parameter (kept so checkpoints match)
     ln_before: bool = True
+    ln_post: bool = True  # LayerNorm after the bottleneck (LAVisH's is_post_layernorm)
     gate_before_ln_post: bool = False  # AVS order: gate * out, then ln_post
     alpha: float = 0.3
     beta: float = 0.05
@@ -41,6 +58,79 @@ class AdapterSettings:
     # mean token adds gamma * gate to the modulation (few-shot nets/net_trans.py:534-549).
     temporal_gate: bool = False
     gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        from .adapter_kinds import get_adapter_kind  # the registry imports this module
+
+        unknown = [g for g in self.guidance if g not in GUIDANCE_PATHS]
+        if unknown:
+            allowed = ", ".join(GUIDANCE_PATHS)
+            raise ValueError(
+                f"guidance: unknown path(s) {', '.join(map(repr, unknown))} (allowed: {allowed})"
+            )
+        if len(set(self.guidance)) != len(self.guidance):
+            raise ValueError(f"guidance: {self.guidance} names a path twice")
+        get_adapter_kind(self.kind).check(self)
+
+    def runs(self, path: str) -> bool:
+        """Whether DG-SCT's guided attention path ``path`` (spatial, channel, temporal) runs."""
+        return path in self.guidance
+
+
+def build_guide_projection(adapter: nn.Module, s: AdapterSettings) -> None:
+    """The guide projection's modules, under the release's names: ``conv_adapter`` (the 1x1 conv
+    over tokens, L' -> L) and ``fc`` (C' -> C). ``resize`` never runs the token conv (release
+    avs_s4/model/PVT_AVSModel.py:190-197), so it is not built (up to 9.4M parameters per adapter);
+    ``linear`` builds ``fc`` only, and nothing when the widths are equal."""
+    c, cg = adapter.channels, adapter.guide_channels
+    adapter.conv_adapter = (
+        nn.Conv2d(adapter.guide_tokens, adapter.tokens, kernel_size=1)
+        if s.guide_projection == "token_conv"
+        else None
+    )
+    adapter.fc = None if s.guide_projection == "linear" and c == cg else nn.Linear(cg, c)
+
+
+def project_guide(adapter: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """Resample the guide ``[N, L', C']`` to ``[N, L, C]`` (token mixing, then channel map).
+
+    With ``guide_projection: resize`` the channel map runs first and the square token grid is
+    resized bicubically (AVS-S4's variant); with ``linear`` only the channel map runs (``[N, L', C]``).
+
+    Both maps are linear, so they commute up to the bias terms; we run the cheaper order.
+    conv-first costs L*L'*C' + L*C'*C, fc-first costs L'*C'*C + L*L'*C.
+    """
+    s = adapter.settings
+    L, Lg, C, Cg = adapter.tokens, adapter.guide_tokens, adapter.channels, adapter.guide_channels
+    if s.guide_projection == "linear":
+        return y if adapter.fc is None else adapter.fc(y)
+    if s.guide_projection == "resize":
+        n, side, side_g = y.shape[0], math.isqrt(L), math.isqrt(Lg)
+        if side * side != L or side_g * side_g != Lg:
+            raise ValueError(f"guide_projection 'resize' needs square token grids, got {Lg} -> {L} tokens")
+        grid = adapter.fc(y).transpose(1, 2).reshape(n, C, side_g, side_g)
+        grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+    w_tok = adapter.conv_adapter.weight.view(L, Lg)
+    b_tok = adapter.conv_adapter.bias
+    if L * Lg * Cg + L * Cg * C <= Lg * Cg * C + L * Lg * C:
+        mixed = torch.matmul(w_tok, y) + b_tok[:, None]  # [N, L, C']
+        return adapter.fc(mixed)
+    projected = F.linear(y, adapter.fc.weight)  # [N, L', C]
+    out = torch.matmul(w_tok, projected)  # [N, L, C]
+    # bias terms: conv bias passes through fc's weight; fc bias is added once.
+    return out + b_tok[:, None] * adapter.fc.weight.sum(1) + adapter.fc.bias
+
+
+def gate_and_norm(adapter: nn.Module, out: torch.Tensor, s: AdapterSettings) -> torch.Tensor:
+    """The bottleneck's output through ``ln_post`` and the output gate, in the variant's order."""
+    if s.gate_before_ln_post and adapter.gate is not None:
+        out = adapter.gate * out
+    if adapter.ln_post is not None:
+        out = adapter.ln_post(out)
+    if not s.gate_before_ln_post and adapter.gate is not None:
+        out = adapter.gate * out
+    return out
 
 
 class DGSCTAdapter(nn.Module):
@@ -78,21 +168,18 @@ class DGSCTAdapter(nn.Module):
         self.gate_tk = nn.Parameter(torch.ones(1)) if s.gate_tk else None
         self.gate_av = nn.Parameter(torch.zeros(1))
 
-        # Guide projection: token axis L' -> L (a 1x1 conv over tokens in the release), then C' -> C.
-        # The resize variant never runs the token conv (release avs_s4/model/PVT_AVSModel.py:190-197),
-        # so it is not built (up to 9.4M parameters per adapter).
-        self.conv_adapter = (
-            nn.Conv2d(guide_tokens, tokens, kernel_size=1) if s.guide_projection == "token_conv" else None
-        )
-        self.fc = nn.Linear(guide_channels, c)
+        build_guide_projection(self, s)
 
-        self.fc_affine_audio_1 = nn.Linear(c, c)
-        self.fc_affine_video_1 = nn.Linear(c, c)
-        self.fc_affine_bottleneck = nn.Linear(c, d)
-        self.fc_affine_v_c_att = nn.Linear(d, c)
-        self.fc_affine_video_2 = nn.Linear(c, d)
-        self.fc_affine_audio_2 = nn.Linear(c, d)
-        self.fc_affine_v_s_att = nn.Linear(d, 1)
+        # The guided attention paths; a path the recipe leaves out (model.adapter.guidance) is not built.
+        if s.runs("channel"):
+            self.fc_affine_audio_1 = nn.Linear(c, c)
+            self.fc_affine_video_1 = nn.Linear(c, c)
+            self.fc_affine_bottleneck = nn.Linear(c, d)
+            self.fc_affine_v_c_att = nn.Linear(d, c)
+        if s.runs("spatial"):
+            self.fc_affine_video_2 = nn.Linear(c, d)
+            self.fc_affine_audio_2 = nn.Linear(c, d)
+            self.fc_affine_v_s_att = nn.Linear(d, 1)
 
         self.down_sampler = nn.Conv2d(c, hidden, kernel_size=1, groups=s.groups, bias=False)
         self.up_sampler = nn.Conv2d(hidden, c, kernel_size=1, groups=s.groups, bias=False)
@@ -101,38 +188,15 @@ class DGSCTAdapter(nn.Module):
         self.bn1 = nn.BatchNorm1d(hidden) if s.use_bn else None
         self.bn2 = nn.BatchNorm1d(c) if s.use_bn else None
         self.ln_before = nn.LayerNorm(c) if s.ln_before else None
-        self.ln_post = nn.LayerNorm(c)
-        self.temporal_gated = nn.Sequential(nn.Linear(c, 1), nn.Sigmoid()) if s.temporal_gate else None
+        self.ln_post = nn.LayerNorm(c) if s.ln_post else None
+        self.temporal_gated = (
+            nn.Sequential(nn.Linear(c, 1), nn.Sigmoid()) if s.temporal_gate and s.runs("temporal") else None
+        )
 
     # -- helpers -----------------------------------------------------------------------------
     def project_guide(self, y: torch.Tensor) -> torch.Tensor:
-        """Resample the guide ``[N, L', C']`` to ``[N, L, C]`` (token mixing, then channel map).
-
-        With ``guide_projection: resize`` the channel map runs first and the square token grid
-        is resized bicubically (AVS-S4's variant; ``conv_adapter`` is then built but unused).
-
-        Both maps are linear, so they commute up to the bias terms; we run the cheaper order.
-        conv-first costs L*L'*C' + L*C'*C, fc-first costs L'*C'*C + L*L'*C.
-        """
-        L, Lg, C, Cg = self.tokens, self.guide_tokens, self.channels, self.guide_channels
-        if self.settings.guide_projection == "resize":
-            n, side, side_g = y.shape[0], math.isqrt(L), math.isqrt(Lg)
-            if side * side != L or side_g * side_g != Lg:
-                raise ValueError(
-                    f"guide_projection 'resize' needs square token grids, got {Lg} -> {L} tokens"
-                )
-            grid = self.fc(y).transpose(1, 2).reshape(n, C, side_g, side_g)
-            grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
-            return grid.flatten(2).transpose(1, 2)
-        w_tok = self.conv_adapter.weight.view(self.tokens, self.guide_tokens)
-        b_tok = self.conv_adapter.bias
-        if L * Lg * Cg + L * Cg * C <= Lg * Cg * C + L * Lg * C:
-            mixed = torch.matmul(w_tok, y) + b_tok[:, None]  # [N, L, C']
-            return self.fc(mixed)
-        projected = F.linear(y, self.fc.weight)  # [N, L', C]
-        out = torch.matmul(w_tok, projected)  # [N, L, C]
-        # bias terms: conv bias passes through fc's weight; fc bias is added once.
-        return out + b_tok[:, None] * self.fc.weight.sum(1) + self.fc.bias
+        """The guide ``[N, L', C']`` at x's width (and, except for ``linear``, x's token count)."""
+        return project_guide(self, y)
 
     @staticmethod
     def _grouped_pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -163,20 +227,38 @@ class DGSCTAdapter(nn.Module):
 
         # 2. channel attention guided by the other modality
         guide_mean = guide.mean(dim=1, keepdim=True)  # [N, 1, C]
-        joint = F.relu(self.fc_affine_audio_1(guide_mean)) * F.relu(self.fc_affine_video_1(x))
-        channel = torch.sigmoid(
-            self.fc_affine_v_c_att(F.relu(self.fc_affine_bottleneck(joint.mean(dim=1, keepdim=True))))
-        )  # [N, 1, C]
-        x_channel = x * (channel + 1)
+        channel = None
+        x_channel = x
+        if s.runs("channel"):
+            joint = F.relu(self.fc_affine_audio_1(guide_mean)) * F.relu(self.fc_affine_video_1(x))
+            channel = torch.sigmoid(
+                self.fc_affine_v_c_att(F.relu(self.fc_affine_bottleneck(joint.mean(dim=1, keepdim=True))))
+            )  # [N, 1, C]
+            x_channel = x * (channel + 1)
 
-        # 3. spatial attention
-        spatial = self.fc_affine_v_s_att(
-            F.relu(self.fc_affine_video_2(x_channel)) * F.relu(self.fc_affine_audio_2(guide_mean))
-        )  # [N, L, 1]
-        spatial_map = torch.softmax(torch.tanh(spatial), dim=1).transpose(1, 2)  # [N, 1, L]
+        # 3. spatial attention (without it the map is uniform: pooling by it is the token mean)
+        spatial = None
+        if s.runs("spatial"):
+            spatial = self.fc_affine_v_s_att(
+                F.relu(self.fc_affine_video_2(x_channel)) * F.relu(self.fc_affine_audio_2(guide_mean))
+            )  # [N, L, 1]
+            spatial_map = torch.softmax(torch.tanh(spatial), dim=1).transpose(1, 2)  # [N, 1, L]
+        else:
+            spatial_map = x.new_full((x.shape[0], 1, x.shape[1]), 1.0 / x.shape[1])
 
         # 4. the release re-weights x (not x_channel) with both attentions (and the temporal gate)
-        factor = s.alpha * channel + s.beta * torch.sigmoid(spatial) + 1 - s.alpha
+        terms = []
+        if channel is not None:
+            terms.append(s.alpha * channel)
+        if spatial is not None:
+            terms.append(s.beta * torch.sigmoid(spatial))
+        if terms:
+            factor = terms[0]
+            for term in terms[1:]:
+                factor = factor + term
+            factor = factor + 1 - s.alpha
+        else:
+            factor = x.new_full((1, 1, 1), 1 - s.alpha)
         if self.temporal_gated is not None:
             factor = factor + s.gamma * self.temporal_gated(guide_mean)  # [N, 1, 1]
         x = x * factor
@@ -186,12 +268,4 @@ class DGSCTAdapter(nn.Module):
             x = self.ln_before(x)
         z = F.relu(self._token_bn(self._grouped_pointwise(x, self.down_sampler), self.bn1))
         out = self._token_bn(self._grouped_pointwise(z, self.up_sampler), self.bn2)
-        if s.gate_before_ln_post:
-            if self.gate is not None:
-                out = self.gate * out
-            out = self.ln_post(out)
-        else:
-            out = self.ln_post(out)
-            if self.gate is not None:
-                out = self.gate * out
-        return out, spatial_map
+        return gate_and_norm(self, out, s), spatial_map

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,25 @@ class ModelConfig:
     # visual tower is as deep as the full-size one, where stored activations dominate memory.
     recompute: Annotated[str, OneOf("auto", "on", "off")] = "auto"
     # false: the frozen towers alone, no adapters (pooling by token means), for heads trained on
-    # the plain encoders (e.g. a grounding pre-training stage).
+    # the plain encoders (e.g. a grounding pre-training stage). The same as ``adapter.kind: none``,
+    # which it is kept in step with (older recipes say ``use_adapters: false``).
     use_adapters: bool = True
     # Demo recipes: write random files of the towers' shapes, in the published layouts, at the
     # paths model.visual/audio/text name when they are missing (nothing is downloaded).
     random_weight_files: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.adapter, AdapterSettings):
+            return
+        if not self.use_adapters and self.adapter.kind != "none":
+            if self.adapter.kind != "dgsct":
+                raise ValueError(
+                    f"use_adapters: false contradicts adapter.kind: {self.adapter.kind} "
+                    "(use adapter.kind: none for a model without adapters)"
+                )
+            self.adapter = replace(self.adapter, kind="none")
+        elif self.adapter.kind == "none":
+            self.use_adapters = False
 
 
 def resolve_family_sections(cfg: ModelConfig, where: str = "recipe") -> ModelConfig:

@@ -1,9 +1,10 @@
-"""The dual-encoder walker: runs two encoders side by side and inserts DG-SCT adapters.
+"""The dual-encoder walker: runs two encoders side by side and inserts adapters at block pairs.
 
-The walker knows no encoder: an encoder family (``models/encoders``) gives it two towers (embed,
-stages of blocks, finish), the block pairs in walking order, the step that runs one pair with its
-four adapters (p1 and p2, each direction), and the pooling. Between pairs each tower runs its
-unpaired blocks and its stage transitions on its own. Adapter names follow the release
+The walker knows no encoder and no adapter: an encoder family (``models/encoders``) gives it two
+towers (embed, stages of blocks, finish), the block pairs in walking order, the step that runs one
+pair with its four adapters (p1 and p2, each direction), and the pooling; an adapter kind
+(``models/adapter_kinds.py``: DG-SCT, LAVisH, none) builds the adapters. Between pairs each tower
+runs its unpaired blocks and its stage transitions on its own. Adapter names follow the release
 (``audio_adapter_blocks_p1`` ...), so release checkpoints map one to one.
 """
 
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .adapter import AdapterSettings, DGSCTAdapter
+from .adapter import AdapterSettings
+from .adapter_kinds import get_adapter_kind
 from .encoders.base import BlockPair, EncoderFamily, Tower, TowerSet
 from .output import EncoderNeeds, EncoderOutput
 
@@ -57,7 +59,7 @@ def _frozen_batchnorm_stats(module: nn.Module):
             m.num_batches_tracked.copy_(tracked)
 
 
-def _adapt(adapter: DGSCTAdapter, x: torch.Tensor, y: torch.Tensor, recompute: bool):
+def _adapt(adapter: nn.Module, x: torch.Tensor, y: torch.Tensor, recompute: bool):
     """Run an adapter; with recompute its activations are rebuilt in backward instead of stored."""
     if not (recompute and torch.is_grad_enabled()):
         return adapter(x, y)
@@ -110,7 +112,7 @@ class _Cursor:
 
 
 class DualEncoder(nn.Module):
-    """Two towers of an encoder family with 4 adapters per block pair.
+    """Two towers of an encoder family with 4 adapters (of ``settings.kind``) per block pair.
 
     ``forward(frames [N, 3, H, W], wave [N, samples])`` returns an :class:`EncoderOutput` with
     pooled ``visual [N, Cv]`` and ``audio [N, Ca]`` (and what ``needs`` asks for).
@@ -135,9 +137,13 @@ class DualEncoder(nn.Module):
         self.settings = settings or AdapterSettings()
         self.recompute = recompute
         v_geom, a_geom = towers.visual_view.geometry, towers.audio_view.geometry
-        # Without adapters (``adapters=False``) there are no pairs: the towers run alone.
+        kind = get_adapter_kind(self.settings.kind)
+        # Without adapters (``adapters=False`` or a kind that builds none) there are no pairs: the
+        # towers run alone.
         self.pairs: list[BlockPair] = (
-            family.pair_blocks([g.depth for g in v_geom], [g.depth for g in a_geom]) if adapters else []
+            family.pair_blocks([g.depth for g in v_geom], [g.depth for g in a_geom])
+            if adapters and kind.build is not None
+            else []
         )
 
         s = self.settings
@@ -148,9 +154,9 @@ class DualEncoder(nn.Module):
             for p in self.pairs:
                 v, a = v_geom[p.visual_stage], a_geom[p.audio_stage]
                 if direction == "visual":
-                    mods.append(DGSCTAdapter(v.channels, v.tokens, a.channels, a.tokens, s))
+                    mods.append(kind.build(v.channels, v.tokens, a.channels, a.tokens, s))
                 else:
-                    mods.append(DGSCTAdapter(a.channels, a.tokens, v.channels, v.tokens, audio_settings))
+                    mods.append(kind.build(a.channels, a.tokens, v.channels, v.tokens, audio_settings))
             return nn.ModuleList(mods)
 
         # Names follow the release so its checkpoints map one to one.
@@ -231,7 +237,8 @@ class DualEncoder(nn.Module):
         a_out = a_view.finish(a.finish())
         if taps is not None:
             taps[-1] = v_view.tokens(v_out)  # the last stage's map is taken after the final norm
-        pool = self.family.pool if use_adapters else self.family.pool_plain
+        # An adapter kind without attention maps (LAVisH) pools as the plain towers do (token means).
+        pool = self.family.pool if use_adapters and map_v is not None else self.family.pool_plain
         pooled_v, pooled_a = pool(self, v_out, a_out, map_v, map_a)
         return EncoderOutput(
             visual=pooled_v,

@@ -217,9 +217,6 @@ class Task:
     datasets: tuple[str, ...] = ()
     default_num_classes: int | None = None  # when neither the recipe nor data says (bench, info)
     selection_metric: str = "accuracy"  # key of the evaluator's metrics that picks ``best``
-    # The paper's test numbers of the full-size model, by metric key (model cards print them beside
-    # a run's own).
-    paper_results: dict[str, float] = {}
     select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
     release: ReleaseLayout | None = None
@@ -235,6 +232,19 @@ class Task:
     # The ``dgsct predict`` options the task reads (``question``, ``r2plus1d_weights``); giving
     # another is refused rather than silently ignored.
     predict_options: tuple[str, ...] = ()
+    # ``dgsct compare``: the metrics it tabulates, as (metrics key, column name) (empty: the
+    # selection metric), and the paper's published test numbers per method, by metrics key (the
+    # method names the adapter kinds give: "DG-SCT", "LAVisH", "LAVisH*"; a list holds several
+    # published figures of one method).
+    comparison_metrics: tuple[tuple[str, str], ...] = ()
+    published: dict[str, dict[str, float | list[float]]] = {}
+
+    @property
+    def paper_results(self) -> dict[str, float]:
+        """The paper's DG-SCT test numbers of the full-size model, by metric key (model cards print
+        them beside a run's own); empty where the task has none."""
+        row = self.published.get("DG-SCT") if isinstance(self.published, dict) else None
+        return dict(row) if isinstance(row, dict) else {}
 
     # -- model -----------------------------------------------------------------------------------
     def resolve_head(self, head_cfg: Any, data: DataInfo | None, where: str = "recipe") -> Any:

@@ -42,7 +42,13 @@ def attention_maps(model: DGSCTModel, frames: torch.Tensor, audio: torch.Tensor)
     enc = model.encoder
     out = model.encode(frames, audio)
     if out.visual_map is None or out.audio_map is None:
-        raise ValueError("the model has no adapter maps (no adapters ran)")
+        raise ValueError(
+            "the model has no adapter attention maps (its adapters compute none, e.g. LAVisH's, or it has no adapters)"
+        )
+    if not hasattr(enc.audio, "log_mel"):
+        raise ValueError(
+            f"attention pictures need an HTS-AT audio tower; the {model.cfg.family} family has none"
+        )
     v_view, a_view = enc.views
     size = frames.shape[-2:]
     visual = v_view.grid(out.visual_map[:, 0])  # [T, h, w]

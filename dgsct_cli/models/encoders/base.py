@@ -199,7 +199,7 @@ def register_family(family: EncoderFamily) -> EncoderFamily:
 
 
 def get_family(name: str) -> EncoderFamily:
-    from . import clip_clap, swinv2_htsat  # noqa: F401  (importing a family registers it)
+    from . import clip_clap, swinv2_htsat, swinv2_shared  # noqa: F401  (importing a family registers it)
 
     if name not in FAMILIES:
         raise ValueError(f"unknown encoder family {name!r}; available: {', '.join(sorted(FAMILIES))}")

@@ -1,13 +1,15 @@
-"""AVE head: temporal attention + the CMBS localisation/classification head (release AVE/nets/net_trans.py:182-431)."""
+"""AVE heads: DG-SCT's temporal attention + CMBS localisation/classification head (release
+AVE/nets/net_trans.py:182-431), or LAVisH's per-segment classifier (``type: lavish``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ...schema import Annotated, Range
+from ...schema import Annotated, OneOf, Range
 from ..output import EncoderOutput
 from ..temporal import TemporalAttention, TemporalConfig
 
@@ -16,8 +18,12 @@ from ..temporal import TemporalAttention, TemporalConfig
 class AVEHeadConfig:
     """Recipe section ``model.head`` for AVE."""
 
+    # "cmbs": DG-SCT's head (temporal attention + CMBS); "lavish": LAVisH's two linear layers on the
+    # concatenated features, one class out of num_classes + background per segment.
+    type: Annotated[str, OneOf("cmbs", "lavish")] = "cmbs"
     # None: the prepared data's class count (28 for AVE); a number pins it (a mismatch is an error).
     num_classes: Annotated[int, Range(1)] | None = None
+    hidden: Annotated[int, Range(1)] = 512  # LAVisH's mlp_class width
     top_k: Annotated[int, Range(1)] = 4  # time steps averaged for the class-activation scores
     av_score_weight: float = 0.3
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
@@ -75,6 +81,43 @@ class AVEHead(nn.Module):
         out = self.CMBS(streams["video"], streams["audio"])
         out["av_gate"] = streams["av_gate"].squeeze(-1).transpose(0, 1)  # [B, T]
         return out
+
+
+class LAVisHAVEHead(nn.Module):
+    """LAVisH's AVE head (github GenjiB/LAVISH, AVE/nets/net_trans.py:277-278, 415-425): the
+    segment's visual and audio features concatenated, ``mlp_class`` then ``mlp_class_2`` (no
+    activation between them), one score per class and background (background last).
+
+    Outputs: ``segment_class_logits [B, T, C + 1]`` (the release returns their softmax); and, so that
+    every consumer of AVE outputs can read them, ``segment_logits [B, T]`` = the best class logit
+    minus the background logit (positive exactly where the argmax is not background) and
+    ``event_logits [B, C]`` = the log of the class probabilities averaged over the segments.
+    """
+
+    def __init__(self, visual_dim: int, audio_dim: int, cfg: AVEHeadConfig) -> None:
+        super().__init__()
+        if cfg.num_classes is None:
+            raise ValueError("LAVisHAVEHead: num_classes must be resolved (from the data or the recipe)")
+        self.mlp_class = nn.Linear(visual_dim + audio_dim, cfg.hidden)
+        self.mlp_class_2 = nn.Linear(cfg.hidden, cfg.num_classes + 1)
+
+    def forward(self, features: EncoderOutput, **_: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.mlp_class_2(self.mlp_class(torch.cat((features.visual, features.audio), dim=-1)))
+        classes = logits[..., :-1]
+        log_probs = torch.log_softmax(logits, dim=-1)[..., :-1]  # [B, T, C]
+        return {
+            "segment_class_logits": logits,
+            "segment_logits": classes.max(dim=-1).values - logits[..., -1],
+            "event_logits": torch.logsumexp(log_probs, dim=1) - math.log(logits.shape[1]),
+        }
+
+
+def build_ave_head(visual_dim: int, audio_dim: int, cfg: AVEHeadConfig) -> nn.Module:
+    return (
+        LAVisHAVEHead(visual_dim, audio_dim, cfg)
+        if cfg.type == "lavish"
+        else AVEHead(visual_dim, audio_dim, cfg)
+    )
 
 
 # Release keys of the AVE head with no counterpart here (built by the release, never run).

@@ -196,6 +196,10 @@ class AVSTHead(_AudioVisualGrounding):
         self.fc_ans = nn.Linear(d, num_answers)
         self.vocab_size = vocab_size
 
+    def visual_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The visual token maps the head grounds (DG-SCT: Swin's own)."""
+        return tokens
+
     def temporal(self, question: torch.Tensor, seq: torch.Tensor, visual: bool) -> torch.Tensor:
         """Question-guided attention over the T segments ``seq [B, T, D]`` -> ``[B, D]``
         (net_avst.py:599-615): attention, then ``norm(x + drop(lin2(drop(relu(lin1(x))))))``."""
@@ -224,13 +228,36 @@ class AVSTHead(_AudioVisualGrounding):
         q = self.question_encoder(question)  # [B, D]
         audio = self.audio_mlp(features.audio)  # [B, T, D]
         flat = audio.flatten(0, 1)
-        visual = self.ground(features.visual_tokens, flat).features  # [B*T, D]
+        visual = self.ground(self.visual_map(features.visual_tokens), flat).features  # [B*T, D]
         out = {"match_logits_positive": self.match(flat, visual)}
         if negative_frames is not None:
-            out["match_logits_negative"] = self.match(flat, self.ground(negative_frames, flat).features)
+            negative = self.ground(self.visual_map(negative_frames), flat).features
+            out["match_logits_negative"] = self.match(flat, negative)
         visual = visual.view(b, t, -1)
         v = self.temporal(q, visual, visual=True) + visual.mean(dim=1)
         a = self.temporal(q, audio, visual=False) + audio.mean(dim=1)
         fused = self.fc_fusion(torch.tanh(torch.cat([a, v], dim=-1)))
         out["answer_logits"] = self.fc_ans(torch.tanh(fused * q))
         return out
+
+
+class LAVisHAVSTHead(AVSTHead):
+    """LAVisH's stage-2 head (github GenjiB/LAVISH, AVQA/net_grd_avst/net_avst.py:204-489): the
+    network above at width ``d`` (512), after LAVisH's projections of the shared Swin's normed
+    tokens: ``yb_fc_v`` on the visual token maps (positive and negative frames) and ``yb_fc_a`` on
+    the audio tokens (applied here to their mean: the same, the map is linear), then
+    ``fc_a2(relu(.))`` (LAVisH runs no ``fc_a1``, net_avst.py:389-390)."""
+
+    def __init__(
+        self, visual_dim: int, audio_dim: int, num_answers: int, vocab_size: int, width: int = 512, **kw
+    ):
+        super().__init__(width, width, num_answers, vocab_size, **kw)
+        del self.fc_a1  # built by LAVisH, never run
+        self.yb_fc_v = nn.Linear(visual_dim, width)
+        self.yb_fc_a = nn.Linear(audio_dim, width)
+
+    def visual_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.yb_fc_v(tokens)
+
+    def audio_mlp(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.fc_a2(F.relu(self.yb_fc_a(audio)))

@@ -1,5 +1,8 @@
 """AVS head: the release's ``Pred_endecoder`` after the two encoders (release
 AVS/avs_scripts/avs_s4/model/PVT_AVSModel.py:861-965; MS3 is the same code with another gamma).
+``decoder: lavish`` is LAVisH's version of it (github GenjiB/LAVISH, avs_s4/model/PVT_AVSModel.py:
+481-565): Linear to PVT-v2's widths and ASPP convolutions instead of DG-SCT's projections, no
+temporal attention.
 
 Per-stage visual maps -> a Linear per stage and a bicubic resize to PVT-v2's grids (56/28/14/7 at
 full size) -> the AVS temporal attention (gates from per-stage LSTM + transformer encoders) ->
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...schema import Annotated, Range
+from ...schema import Annotated, OneOf, Range
 from ..output import EncoderNeeds, EncoderOutput
 from ..temporal import AudioVisualLSTM, SelfRelation, TemporalConfig
 
@@ -68,12 +71,20 @@ class AVSHeadConfig:
     # HTS-AT (with its STFT kernels and mel matrix when model.audio.front_end is "weights") trains
     # too: S4 freezes only Swin (avs_s4/train.py:145-164), MS3 also HTS-AT (avs_ms3/train.py:118-139).
     train_audio_encoder: bool = False
+    # "dgsct": DG-SCT's decoder; "lavish": LAVisH's (each stage map through a Linear to PVT-v2's
+    # width, resized, then an ASPP sum of dilated 3x3 convolutions to `channels`; no temporal
+    # attention: the audio goes from audio_linear straight to TPAVI).
+    decoder: Annotated[str, OneOf("dgsct", "lavish")] = "dgsct"
+    pvt_dims: Annotated[list[int], Range(1)] = field(default_factory=lambda: [64, 128, 320, 512])
+    aspp_dilations: Annotated[list[int], Range(1)] = field(default_factory=lambda: [3, 6, 12, 18])
 
     def __post_init__(self) -> None:
         if len(self.output_hidden) != 2:
             raise ValueError(f"output_hidden must list 2 widths, got {self.output_hidden}")
         if self.stage_dims is not None and len(self.stage_dims) != NUM_STAGES:
             raise ValueError(f"stage_dims must list {NUM_STAGES} widths, got {self.stage_dims}")
+        if len(self.pvt_dims) != NUM_STAGES:
+            raise ValueError(f"pvt_dims must list {NUM_STAGES} widths, got {self.pvt_dims}")
         if self.temporal.d_model % 2:
             raise ValueError(
                 f"temporal.d_model must be even (bidirectional LSTM), got {self.temporal.d_model}"
@@ -217,6 +228,24 @@ class FeatureFusionBlock(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
+class ASPPSum(nn.Module):
+    """The sum of dilated 3x3 convolutions (LAVisH's ``Classifier_Module``, PVT_AVSModel.py:157-171)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilations: list[int]) -> None:
+        super().__init__()
+        self.conv2d_list = nn.ModuleList(
+            [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=d, dilation=d) for d in dilations]
+        )
+        for conv in self.conv2d_list:
+            nn.init.normal_(conv.weight, 0.0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2d_list[0](x)
+        for conv in self.conv2d_list[1:]:
+            out = out + conv(x)
+        return out
+
+
 class _Upsample2x(nn.Module):
     """x2 bilinear, corners not aligned (the release's ``Interpolate`` inside ``output_conv``)."""
 
@@ -244,9 +273,15 @@ class AVSHead(nn.Module):
         self.sizes = [cfg.grid * 2 ** (NUM_STAGES - 1 - i) for i in range(NUM_STAGES)]
         c = cfg.channels
         self.audio_linear = nn.Linear(audio_dim, cfg.audio_dim)
-        for i, dim in enumerate(dims):
-            setattr(self, f"x{i + 1}_linear_", nn.Linear(dim, c))
-        self.temporal_attn = AVSTemporalAttention(c, cfg.audio_dim, cfg.temporal, cfg.gamma)
+        if cfg.decoder == "lavish":  # LAVisH's names (PVT_AVSModel.py:305-319)
+            for i, (dim, pvt) in enumerate(zip(dims, cfg.pvt_dims, strict=True)):
+                setattr(self, f"x{i + 1}_linear", nn.Linear(dim, pvt))
+                setattr(self, f"conv{i + 1}", ASPPSum(pvt, c, cfg.aspp_dilations))
+            self.temporal_attn = None
+        else:
+            for i, dim in enumerate(dims):
+                setattr(self, f"x{i + 1}_linear_", nn.Linear(dim, c))
+            self.temporal_attn = AVSTemporalAttention(c, cfg.audio_dim, cfg.temporal, cfg.gamma)
         for i in range(NUM_STAGES):
             setattr(self, f"tpavi_b{i + 1}", TPAVI(c, cfg.audio_dim))
         self.path4 = FeatureFusionBlock(c, skip=False)
@@ -264,7 +299,9 @@ class AVSHead(nn.Module):
 
     def project_stages(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
         """Token maps ``[N, L_i, C_i]`` (square grids, row-major) -> ``[N, C, s_i, s_i]``:
-        Linear C_i -> C on the grid, then bicubic resize (PVT_AVSModel.py:892-916)."""
+        Linear C_i -> C on the grid, then bicubic resize (PVT_AVSModel.py:892-916); LAVisH's
+        decoder: Linear to the PVT width, bicubic resize, then the ASPP sum (LAVisH 518-531)."""
+        lavish = self.cfg.decoder == "lavish"
         if len(stages) != NUM_STAGES:
             raise ValueError(f"the AVS head needs {NUM_STAGES} visual stage maps, got {len(stages)}")
         out = []
@@ -276,12 +313,13 @@ class AVSHead(nn.Module):
                     f"visual stage {i + 1}: expected a square token grid of width {self.stage_dims[i]}, "
                     f"got {length} tokens of width {dim} (set model.head.stage_dims for this encoder)"
                 )
-            grid = getattr(self, f"x{i + 1}_linear_")(tokens.view(n, side, side, dim))
-            out.append(
-                F.interpolate(
-                    grid.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False
-                )
+            grid = getattr(self, f"x{i + 1}_linear" if lavish else f"x{i + 1}_linear_")(
+                tokens.view(n, side, side, dim)
             )
+            grid = F.interpolate(
+                grid.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False
+            )
+            out.append(getattr(self, f"conv{i + 1}")(grid) if lavish else grid)
         return out
 
     def decode(
@@ -293,10 +331,15 @@ class AVSHead(nn.Module):
         maps = self.project_stages(stages)
         if trace is not None:
             trace.update(audio_linear_out=audio, ta_in_maps=maps)
-        maps, audio_flat, gates = self.temporal_attn(maps, audio)
-        audio_bt = audio_flat.view(b, t, -1)
-        if trace is not None:
-            trace.update(ta_out_maps=maps, ta_out_audio=audio_flat, gates=gates, tpavi_z=[])
+        if self.temporal_attn is None:  # LAVisH's decoder: straight to TPAVI
+            audio_bt = audio
+            if trace is not None:
+                trace.update(tpavi_z=[])
+        else:
+            maps, audio_flat, gates = self.temporal_attn(maps, audio)
+            audio_bt = audio_flat.view(b, t, -1)
+            if trace is not None:
+                trace.update(ta_out_maps=maps, ta_out_audio=audio_flat, gates=gates, tpavi_z=[])
         out: dict[str, torch.Tensor] = {}
         relu_maps = []
         for i, x in enumerate(maps):
