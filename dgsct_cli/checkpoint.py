@@ -262,11 +262,14 @@ def resolve_run_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def _check_recipe_task(recipe: Recipe | None, task: str, path: Path, kind: str) -> None:
+def _check_recipe_task(
+    recipe: Recipe | None, task: str, path: Path, kind: str, layout: str | None = None
+) -> None:
+    """``layout``: the release layout name when it is not the task's own (``ave-lavish``)."""
     if recipe is not None and recipe.task != task:
         raise CheckpointError(
             f"--recipe {recipe.source or recipe.name} is for task {recipe.task}, but {path} is {kind} "
-            f"{task} checkpoint; give a {task} recipe (or none)"
+            f"{layout or task} checkpoint; give a {task} recipe (or none)"
         )
 
 
@@ -277,7 +280,7 @@ def load_any_checkpoint(
 
     Returns (model, recipe, kind) with kind one of "dgsct", "release".
     """
-    from .convert import detect_release_task, load_official_checkpoint, release_recipe
+    from .convert import detect_release_task, load_official_checkpoint, release_recipe, release_task
 
     path = resolve_run_checkpoint(path)
     if is_dgsct_checkpoint(path):
@@ -292,7 +295,7 @@ def load_any_checkpoint(
         raise CheckpointError(
             f"{path}: neither a dgsct checkpoint nor a recognised DG-SCT release checkpoint"
         )
-    _check_recipe_task(recipe_for_release, task, path, "a release")
+    _check_recipe_task(recipe_for_release, release_task(task), path, "a release", task)
     recipe = release_recipe(task, recipe_for_release)
     model = load_official_checkpoint(task, state, recipe.model)
     return model, recipe, "release"
