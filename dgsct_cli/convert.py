@@ -11,7 +11,6 @@ release builds but never runs, which are dropped by name (each pattern carries i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from .config import Recipe, load_recipe
 from .models.dgsct import DGSCTModel, ModelConfig
 from .models.encoders.htsat import HTSAT_UNUSED_KEYS, HTSATConfig, htsat_key_map, htsat_unused_keys
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file, unwrap_state_dict
-from .tasks.base import ReleaseLayout
+from .tasks.base import OtherRelease, ReleaseLayout
 
 # Release keys every task's checkpoint carries but no task runs.
 COMMON_UNUSED_RELEASE_KEYS = {
@@ -57,45 +56,28 @@ def release_key(key: str) -> str:
     return key[len("head.") :] if key.startswith("head.") else key
 
 
-@dataclass(frozen=True)
-class OtherRelease:
-    """A release layout that is not a task's own DG-SCT release: another method's published model
-    of a task, read with its own recipe (``load_official_checkpoint(name, ...)``)."""
+def other_releases() -> dict[str, OtherRelease]:
+    """Release layouts of other methods' published models, by name (``ave-lavish``): each task
+    lists its own in ``Task.other_releases``."""
+    from .tasks.base import available_tasks, get_task
 
-    task: str
-    recipe: str
-    layout: ReleaseLayout
-    description: str
-
-
-def _is_lavish_ave(state: dict) -> bool:
-    """LAVisH's AVE ``MMIL_Net``: one Swin (no HTS-AT), LAVisH adapters, ``mlp_class`` heads."""
-    return not any(k.startswith("htsat.") for k in state) and "audio_adapter_blocks_p1.0.my_tokens" in state
-
-
-OTHER_RELEASES: dict[str, OtherRelease] = {
-    "ave-lavish": OtherRelease(
-        task="ave",
-        recipe="ave-lavish",
-        layout=ReleaseLayout(marker="mlp_class_2.weight", matches=_is_lavish_ave),
-        description="LAVisH AVE checkpoint (the MMIL_Net of github GenjiB/LAVISH, one shared Swin-V2-L)",
-    ),
-}
+    return {name: other for t in available_tasks() for name, other in get_task(t).other_releases.items()}
 
 
 def release_layout_names() -> list[str]:
     """Every name ``load_official_checkpoint`` takes: the tasks with a release, then the others."""
     from .tasks.base import available_tasks, get_task
 
-    return [t for t in available_tasks() if get_task(t).release is not None] + list(OTHER_RELEASES)
+    return [t for t in available_tasks() if get_task(t).release is not None] + list(other_releases())
 
 
 def _layout(name: str) -> tuple[str, ReleaseLayout | None]:
-    """(task, layout) of a release layout name (a task name or an :data:`OTHER_RELEASES` key)."""
+    """(task, layout) of a release layout name (a task name or a name from :func:`other_releases`)."""
     from .tasks.base import get_task
 
-    if name in OTHER_RELEASES:
-        return OTHER_RELEASES[name].task, OTHER_RELEASES[name].layout
+    others = other_releases()
+    if name in others:
+        return others[name].task, others[name].layout
     return name, get_task(name).release
 
 
@@ -133,8 +115,9 @@ def release_recipe(task: str, recipe: Recipe | None = None) -> Recipe:
     when it is for that task, else the layout's built-in recipe (release settings)."""
     from .tasks.base import get_task
 
-    if task in OTHER_RELEASES:
-        other = OTHER_RELEASES[task]
+    others = other_releases()
+    if task in others:
+        other = others[task]
         return recipe if recipe is not None and recipe.task == other.task else load_recipe(other.recipe)
     if recipe is not None and recipe.task == task:
         return recipe
@@ -226,7 +209,8 @@ def load_official_checkpoint(
     from .factory import create_model
     from .tasks.base import available_tasks
 
-    if task not in OTHER_RELEASES and task not in available_tasks():
+    others = other_releases()
+    if task not in others and task not in available_tasks():
         raise CheckpointError(
             f"unknown task {task!r} for a release checkpoint; release layouts: {', '.join(release_layout_names())}"
         )
@@ -240,7 +224,7 @@ def load_official_checkpoint(
         state = {layout.rename(k): v for k, v in state.items()}
     found = detect_release_task(state)
     if found is None:
-        what = OTHER_RELEASES[task].description if task in OTHER_RELEASES else "DG-SCT release checkpoint"
+        what = others[task].description if task in others else "DG-SCT release checkpoint"
         raise CheckpointError(
             f"{name}: not a {what} (no '{layout.marker}' key); expected a {task.upper()} release state dict"
         )

@@ -58,5 +58,5 @@ def test_avvp_release_refused_as_ave_and_missing_keys_listed(release_avvp_state)
         load_official_checkpoint("ave", release_avvp_state)
     broken = dict(release_avvp_state)
     broken.pop("fc_prob_v.weight")
-    with pytest.raises(CheckpointError, match=r"missing key\(s\): head\.fc_prob_v\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing key\(s\): fc_prob_v\.weight"):
         load_official_checkpoint("avvp", broken)

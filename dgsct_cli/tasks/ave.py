@@ -17,7 +17,16 @@ from rich.table import Table
 from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHeadConfig, build_ave_head
 from ..schema import Annotated, OneOf
-from .base import DataInfo, ReleaseLayout, Task, heard_text, label_runs, register_task, sample_ids
+from .base import (
+    DataInfo,
+    OtherRelease,
+    ReleaseLayout,
+    Task,
+    heard_text,
+    label_runs,
+    register_task,
+    sample_ids,
+)
 from .builtin_prepare import prepare_ave_command
 
 
@@ -147,6 +156,11 @@ def ave_metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def _is_lavish_ave(state: dict) -> bool:
+    """LAVisH's AVE ``MMIL_Net``: one Swin (no HTS-AT), LAVisH adapters, ``mlp_class`` heads."""
+    return not any(k.startswith("htsat.") for k in state) and "audio_adapter_blocks_p1.0.my_tokens" in state
+
+
 class AVETask(Task):
     name = "ave"
     description = "audio-visual event localisation (AVE, 28 classes, 10 one-second segments)"
@@ -165,6 +179,14 @@ class AVETask(Task):
     release = ReleaseLayout(
         marker="CMBS.localize_module.classifier.weight", unused_keys=AVE_UNUSED_RELEASE_KEYS
     )
+    other_releases = {
+        "ave-lavish": OtherRelease(
+            task="ave",
+            recipe="ave-lavish",
+            layout=ReleaseLayout(marker="mlp_class_2.weight", matches=_is_lavish_ave),
+            description="LAVisH AVE checkpoint (the MMIL_Net of github GenjiB/LAVISH, one shared Swin-V2-L)",
+        ),
+    }
     recipe = "ave"
     prepare_name = "ave"
     prepare_help = "Prepare the AVE dataset (or a synthetic stand-in) for training and evaluation."

@@ -88,6 +88,17 @@ class ReleaseLayout:
     release_name: Callable[[str], str] | None = None
 
 
+@dataclass(frozen=True)
+class OtherRelease:
+    """Another method's published model of a task (LAVisH's AVE ``MMIL_Net``), read with its own
+    built-in recipe: ``load_official_checkpoint(name, ...)`` for a name in ``Task.other_releases``."""
+
+    task: str
+    recipe: str
+    layout: ReleaseLayout
+    description: str
+
+
 @dataclass
 class PredictContext:
     """One of the user's clips as ``dgsct predict`` sees it: its model windows (decoded like
@@ -220,6 +231,8 @@ class Task:
     select_ties: bool = False  # a later epoch with an equal selection metric replaces the best
     use_mixup: bool = False  # training mixes log-mels across the batch (release: not AVE)
     release: ReleaseLayout | None = None
+    # Other methods' published models of this task, by release layout name (``ave-lavish``).
+    other_releases: dict[str, OtherRelease] = {}
     recipe: str | None = None  # the built-in recipe for release checkpoints of this task
     # Other label kinds segment_labels/label_names offer besides the default (e.g. AVQA's
     # "answer" and "type"): ``extract --labels`` and ``visualize tsne --labels`` choose one.
