@@ -81,7 +81,9 @@ def test_tiny_lavish_avqa_learns(avqa_data):
     run, out = root / "lavish", root / "lavish.json"
     ok("--quiet", "train", "--recipe", "avqa-lavish-tiny", "--data", data, "--output", run)
     ok("--quiet", "eval", "--checkpoint", run, "--data", data, "--json", out)
-    assert json.loads(out.read_text())["accuracy"] >= _majority(data) + 20
+    # Without a stage 1 it reaches 60% (majority 40%) on the 15 test questions; the floor leaves
+    # one question of room for float drift between machines.
+    assert json.loads(out.read_text())["accuracy"] >= _majority(data) + 13
 
 
 @pytest.mark.slow
