@@ -39,6 +39,9 @@ ADAPTER_PREFIXES = (
 )
 
 
+_TIMM_NATIVE_SIGN = "head.fc.weight"
+
+
 def _shift_merge(key: str, by: int) -> str:
     """``layers.<n>.downsample`` -> ``layers.<n + by>.downsample``: the release's encoders merge
     patches at the end of a stage, timm's (and ours) at the start of the next."""
@@ -153,8 +156,13 @@ def map_release_state_dict(
             out[f"encoder.{key}"] = value
         else:
             out[f"head.{key}"] = value
+    # The keys are in timm's numbering now, but timm's filter guesses whether to renumber: timm
+    # 1.0.17-1.0.28 renumber unless "head.fc.weight" is present, later versions when
+    # "layers.0.downsample.reduction.weight" is. A placeholder head key makes every version keep them.
+    swin.setdefault(_TIMM_NATIVE_SIGN, torch.empty(0))
     for key, value in checkpoint_filter_fn(swin, model.encoder.visual).items():
-        out[f"encoder.visual.{key}"] = value
+        if key != _TIMM_NATIVE_SIGN:
+            out[f"encoder.visual.{key}"] = value
     return out, dropped
 
 
