@@ -31,16 +31,17 @@ def avvp_run(tmp_path_factory):
 @pytest.mark.slow
 def test_the_tiny_avvp_recipe_learns_all_three_modalities(avvp_run):
     """Test F-scores far above an untrained model's: predicting every class in every segment
-    scores 4-5 on this set, random halves 0-3. Measured: segment level 25.4 / 65.4 / 65.4 (audio /
-    visual / audio-visual), event-level Type@AV 56.7."""
+    scores 4-5 on this set, random halves 0-3, a head that has not parted its classes 15 / 25 / 40
+    (it predicts nothing). Measured (segment level audio / visual / audio-visual, event-level
+    Type@AV): 67.3 / 83.1 / 83.1, 85.0 with the recipe's seed 1; 72.0 / 73.1 / 83.1, 83.3 with
+    train.seed=2; 62.5 / 53.1 / 73.1, 70.0 with train.seed=3."""
     root, data, run = avvp_run
     out = root / "learned.json"
     ok("--quiet", "eval", "--checkpoint", run, "--data", data, "--split", "test", "--json", out)
     scores = json.loads(out.read_text())
-    assert scores["segment_visual"] >= 40.0, scores
-    assert scores["segment_av"] >= 40.0, scores
-    assert scores["segment_audio"] >= 15.0, scores  # the audio branch lags (see the CHANGELOG)
-    assert scores["event_type"] >= 30.0, scores
+    for key in ("segment_audio", "segment_visual", "segment_av"):
+        assert scores[key] >= 40.0, (key, scores)
+    assert scores["event_type"] >= 40.0, scores
 
 
 @pytest.mark.slow
