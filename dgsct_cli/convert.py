@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models.swin_transformer_v2 import checkpoint_filter_fn
 
 from .config import Recipe, load_recipe
 from .models.dgsct import DGSCTModel, ModelConfig
 from .models.encoders.htsat import HTSAT_UNUSED_KEYS, HTSATConfig, htsat_key_map, htsat_unused_keys
+from .models.encoders.swinv2 import filter_timm_layout
 from .models.weights import CheckpointError, describe_keys, load_state_dict_file, unwrap_state_dict
 from .tasks.base import OtherRelease, ReleaseLayout
 
@@ -37,9 +37,6 @@ ADAPTER_PREFIXES = (
     "audio_adapter_blocks_p2.",
     "vis_adapter_blocks_p2.",
 )
-
-
-_TIMM_NATIVE_SIGN = "head.fc.weight"
 
 
 def _shift_merge(key: str, by: int) -> str:
@@ -156,13 +153,8 @@ def map_release_state_dict(
             out[f"encoder.{key}"] = value
         else:
             out[f"head.{key}"] = value
-    # The keys are in timm's numbering now, but timm's filter guesses whether to renumber: timm
-    # 1.0.17-1.0.28 renumber unless "head.fc.weight" is present, later versions when
-    # "layers.0.downsample.reduction.weight" is. A placeholder head key makes every version keep them.
-    swin.setdefault(_TIMM_NATIVE_SIGN, torch.empty(0))
-    for key, value in checkpoint_filter_fn(swin, model.encoder.visual).items():
-        if key != _TIMM_NATIVE_SIGN:
-            out[f"encoder.visual.{key}"] = value
+    for key, value in filter_timm_layout(swin, model.encoder.visual).items():
+        out[f"encoder.visual.{key}"] = value
     return out, dropped
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,11 @@ def create_visual_encoder(cfg: SwinV2Config) -> SwinTransformerV2:
     )
     if not isinstance(model, SwinTransformerV2):
         raise ValueError(f"model.visual.name: {cfg.name!r} is not a Swin Transformer V2 model")
+    for module in model.modules():
+        if isinstance(module, WindowAttention):
+            # timm < 1.0.31 divides a one-token window's coordinates by (window - 1) = 0: NaN in
+            # the table, NaN features (a tiny model whose last stage is 1x1). Later timm writes 0.
+            module.relative_coords_table.nan_to_num_(0.0)
     if cfg.fused_attention:
         use_fused_attention(model)
     if from_hub:
@@ -232,10 +238,36 @@ def use_fused_attention(model: SwinTransformerV2) -> None:
     refresh_position_biases(model)
 
 
+# timm's filter guesses whether a file is in timm's stage numbering, and the guess changed between
+# versions: timm 1.0.17-1.0.28 renumber unless "head.fc.weight" is present (so a headless timm file
+# was renumbered wrongly), later versions when "layers.0.downsample.reduction.weight" is. We decide
+# by the latter ourselves and give timm a placeholder head key, so every version agrees.
+_TIMM_NATIVE_SIGN = "head.fc.weight"
+
+
+def filter_timm_layout(state: dict[str, torch.Tensor], model: SwinTransformerV2) -> dict[str, torch.Tensor]:
+    """timm's Swin-V2 checkpoint filter (drops recomputed buffers, resizes the patch embedding and
+    the position tables) on a state already in timm's numbering, never renumbering it."""
+    state = {**state, _TIMM_NATIVE_SIGN: torch.empty(0)} if _TIMM_NATIVE_SIGN not in state else state
+    return {k: v for k, v in checkpoint_filter_fn(state, model).items() if k != _TIMM_NATIVE_SIGN}
+
+
+def to_timm_numbering(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original-layout (Microsoft) Swin-V2 state, which merges patches at the end of a stage, in
+    timm's numbering (merging at the start of the next); a timm/HF state is returned as it is."""
+    if "layers.0.downsample.reduction.weight" not in state:
+        return state
+    shifted = {}
+    for key, value in state.items():
+        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
+        shifted[key.replace("head.", "head.fc.", 1) if key.startswith("head.") else key] = value
+    return shifted
+
+
 def load_swin_weights(model: SwinTransformerV2, path: str | Path | dict[str, torch.Tensor]) -> None:
-    """Load a timm/HF or original-layout Swin-V2 checkpoint (timm's filter maps the old layout)."""
+    """Load a timm/HF or original-layout Swin-V2 checkpoint (renumbered to timm's stages here)."""
     state = load_state_dict_file(path) if not isinstance(path, dict) else path
-    state = checkpoint_filter_fn(state, model)
+    state = filter_timm_layout(to_timm_numbering(state), model)
     # The classifier is not part of the trunk DG-SCT uses.
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     load_into(model, state, str(path) if not isinstance(path, dict) else "Swin-V2 state dict")
