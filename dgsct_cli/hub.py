@@ -30,6 +30,7 @@ from rich.console import Console
 from . import __version__
 from .atomic import atomic_output, atomic_write_bytes, atomic_write_json
 from .models.weights import CheckpointError
+from .run_index import read_json_object
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -97,14 +98,6 @@ def download_checkpoint(path: str | Path) -> Path:
 
 
 # -- export ------------------------------------------------------------------------------------------
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _sha256(path: Path) -> str:
@@ -251,7 +244,9 @@ def model_card(config: dict[str, Any]) -> str:
 
 
 def _is_export(folder: Path) -> bool:
-    return (folder / MODEL_FILE).is_file() and _json(folder / "config.json").get("format") == EXPORT_FORMAT
+    return (folder / MODEL_FILE).is_file() and read_json_object(folder / "config.json").get(
+        "format"
+    ) == EXPORT_FORMAT
 
 
 def export_run(run: str | Path, out: str | Path, full: bool = False) -> dict[str, Any]:
@@ -294,8 +289,8 @@ def export_run(run: str | Path, out: str | Path, full: bool = False) -> dict[str
     del model
 
     data = json.loads(meta.get("data", "{}") or "{}")
-    record = _json(folder / "run.json")
-    best = _json(folder / "best.json") or json.loads(meta.get("metrics", "{}") or "{}")
+    record = read_json_object(folder / "run.json")
+    best = read_json_object(folder / "best.json") or json.loads(meta.get("metrics", "{}") or "{}")
     epochs_done = max(
         (json.loads(line).get("epoch", 0) for line in _lines(folder / "metrics.jsonl")),
         default=best.get("epoch"),
@@ -310,7 +305,9 @@ def export_run(run: str | Path, out: str | Path, full: bool = False) -> dict[str
         }
 
     test_file = (
-        _json(folder / "test_metrics.json") or _json(folder / "fewshot.json").get("test_metrics") or {}
+        read_json_object(folder / "test_metrics.json")
+        or read_json_object(folder / "fewshot.json").get("test_metrics")
+        or {}
     )
     paper = dict(getattr(task, "paper_results", {}) or {})
     shots = recipe.data.shots

@@ -61,7 +61,8 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; {} when it is missing, unreadable or not an object."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -106,20 +107,24 @@ def _state(run: Path, epochs_done: int, epochs: int | None, best_epoch: int | No
 def summarize_run(run: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """One row of ``dgsct runs list``."""
     run = Path(run)
-    record = _json(run / RUN_FILE)
+    record = read_json_object(run / RUN_FILE)
     recipe = _recipe(run / "recipe.yaml")
     train = recipe.get("train") if isinstance(recipe.get("train"), dict) else {}
     try:
         records = read_metrics(run)
     except ValueError:
         records = []
-    best = _json(run / "best.json")
+    best = read_json_object(run / "best.json")
     task = recipe.get("task")
     source = record.get("recipe") or recipe.get("name") or ""
     name = Path(str(source)).name
     name = name.rsplit(".", 1)[0] if name.endswith((".yaml", ".yml")) else name
     metrics = {k: v for k, v in (best.get("val") or {}).items() if isinstance(v, int | float)}
-    test = _json(run / "test_metrics.json") or _json(run / "fewshot.json").get("test_metrics") or {}
+    test = (
+        read_json_object(run / "test_metrics.json")
+        or read_json_object(run / "fewshot.json").get("test_metrics")
+        or {}
+    )
     epochs_done = max((r["epoch"] for r in records), default=0)
     state, detail = _state(
         run, epochs_done, train.get("epochs"), best.get("best_epoch"), train.get("early_stop")

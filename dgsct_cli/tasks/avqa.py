@@ -356,23 +356,7 @@ class AVQATask(_AVQAData, Task):
         return head_cfg
 
     def build_head(self, visual_dim, audio_dim, cfg, model_cfg):
-        if cfg.type == "lavish":
-            return LAVisHAVSTHead(
-                visual_dim,
-                audio_dim,
-                num_answers=cfg.num_classes,
-                vocab_size=cfg.vocab_size,
-                width=cfg.width,
-                match_hidden=tuple(cfg.match_hidden),
-                question_embed=cfg.question_embed,
-                question_hidden=cfg.question_hidden,
-                attention_heads=cfg.attention_heads,
-                dropout=cfg.dropout,
-                forget_bias=cfg.lstm_forget_bias,
-            )
-        return AVSTHead(
-            visual_dim,
-            audio_dim,
+        shared = dict(
             num_answers=cfg.num_classes,
             vocab_size=cfg.vocab_size,
             match_hidden=tuple(cfg.match_hidden),
@@ -382,6 +366,9 @@ class AVQATask(_AVQAData, Task):
             dropout=cfg.dropout,
             forget_bias=cfg.lstm_forget_bias,
         )
+        if cfg.type == "lavish":
+            return LAVisHAVSTHead(visual_dim, audio_dim, width=cfg.width, **shared)
+        return AVSTHead(visual_dim, audio_dim, **shared)
 
     def model_inputs(self, batch):
         inputs = {"frames": batch["frames"], "audio": batch["audio"], "question": batch["question"]}

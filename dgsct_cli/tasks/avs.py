@@ -354,13 +354,10 @@ class AVSTask(Task):
     def prediction_rows(self, outputs, batch, dataset):
         """Per video: each frame's IoU (the release's ``mask_iou``; None where the split has no
         true mask), the predicted and true sounding areas, and the video's mean IoU."""
-        masks = batch["masks"].float().cpu()
-        b, t = masks.shape[:2]
-        logits = outputs["mask_logits"].float().cpu()
-        if logits.shape[-2:] != masks.shape[-2:]:
-            logits = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
-        logits = logits.view(b, t, *masks.shape[-2:])
-        valid = batch.get("mask_valid", torch.ones(b, t)).cpu().bool()
+        from ..viz.masks import masks_and_logits
+
+        masks, logits, valid = masks_and_logits(outputs, batch)
+        t = masks.shape[1]
         rows = []
         for i, sample in enumerate(sample_ids(batch, dataset)):
             frames = []

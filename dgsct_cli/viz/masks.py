@@ -86,6 +86,21 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
 
 
+def masks_and_logits(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's true masks ``[B, T, H, W]``, the predicted mask logits at their size and the
+    frames that have a true mask ``[B, T]``, on the CPU."""
+    masks = batch["masks"].float().cpu()
+    b, t = masks.shape[:2]
+    logits = outputs["mask_logits"].float().cpu()
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
+    logits = logits.view(b, t, *masks.shape[-2:])
+    valid = batch.get("mask_valid", torch.ones(b, t)).cpu().bool()
+    return masks, logits, valid
+
+
 @torch.no_grad()
 def draw_mask_predictions(
     task: Any,
@@ -122,13 +137,8 @@ def draw_mask_predictions(
                 batch = to_device(batch, device)
                 with autocast_for(device, precision):
                     outputs = task.forward(model, batch)
-                masks = batch["masks"].float().cpu()
+                masks, logits, valid = masks_and_logits(outputs, batch)
                 b, t = masks.shape[:2]
-                logits = outputs["mask_logits"].float().cpu()
-                if logits.shape[-2:] != masks.shape[-2:]:
-                    logits = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear")
-                logits = logits.view(b, t, *masks.shape[-2:])
-                valid = batch.get("mask_valid", torch.ones(b, t)).cpu().bool()
                 for j in range(b):
                     index = int(batch["index"][j])
                     sample = dataset.samples[index]
