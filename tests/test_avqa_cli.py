@@ -12,9 +12,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import invoke, ok
 
-from dgsct_cli.cli.app import app
 from dgsct_cli.tasks.avqa import SUB_TYPE_KEYS, TRANSFER_MODULES
 
 ADAPTER_LISTS = (
@@ -23,16 +22,6 @@ ADAPTER_LISTS = (
     "audio_adapter_blocks_p2",
     "vis_adapter_blocks_p2",
 )
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import invoke, ok
 
-from dgsct_cli.cli.app import app
 from dgsct_cli.compare import ComparedRun, Comparison, comparison_markdown, write_comparison
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
-
 
 RUNS = {
     "dgsct": ("ave-tiny",),

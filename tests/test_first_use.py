@@ -14,20 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, REPO, synthetic_cache, tiny_model_config
-from typer.testing import CliRunner
-
-from dgsct_cli.cli.app import app
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
+from conftest import DATA, REPO, invoke, ok, synthetic_cache, tiny_model_config
 
 
 def one_line_error(result) -> str:

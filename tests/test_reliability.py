@@ -13,30 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_cache
+from conftest import assert_one_line_error, invoke, synthetic_cache
 from rich.console import Console
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from dgsct_cli.cli.app import app
 from dgsct_cli.config import RecipeError, load_recipe
 from dgsct_cli.runs import LOCK_FILE, STATE_DIR
 from dgsct_cli.train import STATE_FILE, Trainer, TrainingInterrupted
 
 BASE = ["data.num_workers=0", "train.batch_size=2", "train.epochs=2", "train.grad_accum=2"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def trainer(data: Path, out: Path, **hooks) -> Trainer:

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_cache
+from conftest import invoke, ok, synthetic_cache
 from rich.console import Console
-from typer.testing import CliRunner
 
-from dgsct_cli.cli.app import app
 from dgsct_cli.config import load_recipe
 from dgsct_cli.train import Trainer, TrainingInterrupted
 
 BASE = ["data.num_workers=0", "train.batch_size=2", "train.epochs=2", "train.max_steps_per_epoch=1"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
