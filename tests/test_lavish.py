@@ -5,12 +5,11 @@ state dict, and LAVisH* (LAVisH adapters at DG-SCT's insertion points of Swin-V2
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import EXCERPTS, FIXTURES, assert_regenerated, excerpt
 
 from dgsct_cli.models.adapter import AdapterSettings
 from dgsct_cli.models.encoders.swinv2_shared import SpectrogramImage, SpectrogramImageConfig
@@ -105,16 +104,14 @@ def test_the_shared_familys_audio_front_end_is_lavishs():
 
 
 def _state(ref: dict) -> dict[str, torch.Tensor]:
-    """The reference's deterministic weights by key, checked against its hashes."""
+    """The reference's deterministic weights by key (the outputs check them: their recorded hashes
+    hold only on the CPU kernels that made them; tests/fixtures/README.md, "Portability")."""
     state = {}
     for key, shape in ref["weight_shapes"].items():
         if detfill.skip(key):
             state[key] = torch.zeros(shape)
             continue
         state[key] = detfill.fill(key, shape)
-        if key in ref["weight_sha256"]:
-            digest = hashlib.sha256(state[key].numpy().tobytes()).hexdigest()
-            assert digest == ref["weight_sha256"][key], key
     return state
 
 
@@ -186,8 +183,8 @@ def test_lavish_avs_decoder_matches_lavish():
 
     ref = _load("lavish_avs_decoder.pt")
     stages, tokens = _make_inputs().avs_decoder_inputs(batch=1, seed=31)
-    for tensor, digest in zip([*stages, tokens], ref["input_sha256"], strict=True):
-        assert hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest() == digest
+    for i, tensor in enumerate((*stages, tokens)):
+        assert_regenerated(excerpt(tensor), EXCERPTS[f"lavish/lavish_avs_decoder.pt:input{i}"])
     head = AVSHead(1536, 1536, AVSHeadConfig(decoder="lavish")).eval()
     state = _state(ref)
     own = head.state_dict()
@@ -217,8 +214,8 @@ def test_lavish_avqa_head_matches_lavish():
 
     ref = _load("lavish_avqa_head.pt")
     f_v, f_a, nega, question = _make_inputs().avqa_head_inputs(batch=2, segments=10, seed=47)
-    for tensor, digest in zip((f_v, f_a, nega, question), ref["input_sha256"], strict=True):
-        assert hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest() == digest
+    for i, tensor in enumerate((f_v, f_a, nega, question)):
+        assert_regenerated(excerpt(tensor), EXCERPTS[f"lavish/lavish_avqa_head.pt:input{i}"])
     head = LAVisHAVSTHead(1536, 1536, num_answers=42, vocab_size=93).eval()
     state = _state(ref)
     own = head.state_dict()
