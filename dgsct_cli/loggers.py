@@ -202,9 +202,6 @@ class LoggerBackend:
         """One step's values (and figures), sent once, in one call."""
         raise NotImplementedError
 
-    def log_text(self, step: int, tag: str, text: str) -> None:
-        raise NotImplementedError
-
     def log_images(self, step: int, images: dict[str, Path]) -> None:
         raise NotImplementedError
 
@@ -253,9 +250,6 @@ class TensorBoardBackend(LoggerBackend):
             self.writer.add_scalar(key, value, step)
         if images:
             self.log_images(step, images)
-
-    def log_text(self, step: int, tag: str, text: str) -> None:
-        self.writer.add_text(tag, text, step)
 
     def log_images(self, step: int, images: dict[str, Path]) -> None:
         for key, path in images.items():
@@ -346,9 +340,6 @@ class WandbBackend(LoggerBackend):
         import wandb
 
         return {key: wandb.Image(str(path)) for key, path in images.items()}
-
-    def log_text(self, step: int, tag: str, text: str) -> None:
-        self.run.summary[tag] = text
 
     def log_images(self, step: int, images: dict[str, Path]) -> None:
         # Figures made after training go with the run's summary: a history row of their own would
