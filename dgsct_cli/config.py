@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from .models.dgsct import ModelConfig, resolve_family_sections
+from .models.model_config import ModelConfig, resolve_family_sections
 from .recipe_files import _one_line, builtin_recipe_dir, find_recipe, read_yaml, recipe_files
 from .schema import Annotated, OneOf, Range, RecipeError, build_dataclass, to_dict
+from .tasks.configs import task_configs
 
 __all__ = [
     "DataConfig",
@@ -186,14 +187,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
-    """Resolve a recipe mapping into a typed :class:`Recipe` (every section typed and checked)."""
-    from .tasks.base import get_task
-
+    """Resolve a recipe mapping into a typed :class:`Recipe` (every section typed and checked).
+    Imports no torch for the built-in tasks and encoder families."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level")
     recipe = build_dataclass(Recipe, raw, "", where)
     try:
-        task = get_task(recipe.task)
+        task = task_configs(recipe.task)
     except ValueError as exc:
         raise RecipeError(f"{where}: task: {exc}") from None
     try:
@@ -203,10 +203,10 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
     head = recipe.model.head
-    if not isinstance(head, task.head_config):
-        recipe.model.head = build_dataclass(task.head_config, head, "model.head", where)
-    if not isinstance(recipe.loss, task.loss_config):
-        recipe.loss = build_dataclass(task.loss_config, recipe.loss, "loss", where)
+    if not isinstance(head, task.head):
+        recipe.model.head = build_dataclass(task.head, head, "model.head", where)
+    if not isinstance(recipe.loss, task.loss):
+        recipe.loss = build_dataclass(task.loss, recipe.loss, "loss", where)
     return recipe
 
 

@@ -23,6 +23,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_the_test_folder(tmp_path_factory):
+    """dgsct's user cache (models/encoders/timm_catalog.py) in the session's temporary folder,
+    which goes when the session passes, not in the user's ~/.cache (subprocesses inherit it)."""
+    before = os.environ.get("DGSCT_CACHE_DIR")
+    os.environ["DGSCT_CACHE_DIR"] = str(tmp_path_factory.mktemp("dgsct-cache"))
+    yield
+    if before is None:
+        os.environ.pop("DGSCT_CACHE_DIR", None)
+    else:
+        os.environ["DGSCT_CACHE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _quiet_random_init_warnings():
     logging.getLogger("dgsct_cli.models.encoders").setLevel(logging.ERROR)

@@ -16,6 +16,8 @@ import pytest
 import torch
 from conftest import DATA, REPO, invoke, ok, synthetic_cache, tiny_model_config
 
+from dgsct_cli.recipe_files import recipe_files
+
 
 def one_line_error(result) -> str:
     assert result.exit_code == 1, result.output
@@ -205,6 +207,22 @@ def test_help_and_argument_errors_do_not_import_torch():
     # Every prepare command's --help and the recipe list come from light modules too.
     args += [["prepare", name, "--help"] for name in ("ave", "avvp", "avs", "avqa", "vggsound40k")]
     args += [["recipes", "list"]]
+    # Every recipe resolves and is checked without torch too, once the timm catalogue is in the
+    # cache (the first run of a timm version reads it from timm: models/encoders/timm_catalog.py).
+    args += [["recipes", "show", path.stem] for path in recipe_files()]
+    args += [["recipes", "show", "ave-tiny", "model.visual.name=resnet50"], ["recipes", "show", "nope"]]
+    warm = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from dgsct_cli.models.encoders.timm_catalog import timm_catalog; timm_catalog()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert warm.returncode == 0, warm.stderr
     result = subprocess.run(
         [sys.executable, "-c", NO_TORCH.format(args=args)],
         capture_output=True,

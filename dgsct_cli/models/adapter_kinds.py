@@ -14,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from torch import nn
+from .adapter_settings import GUIDANCE_PATHS
 
-if TYPE_CHECKING:
-    from .adapter import AdapterSettings
+if TYPE_CHECKING:  # the registry imports no torch: recipes are checked without it
+    from torch import nn
+
+    from .adapter_settings import AdapterSettings
 
 __all__ = ["ADAPTER_KINDS", "AdapterKind", "adapter_kind_names", "get_adapter_kind", "register_adapter_kind"]
 
-AdapterBuilder = Callable[[int, int, int, int, "AdapterSettings"], nn.Module]
+AdapterBuilder = Callable[[int, int, int, int, "AdapterSettings"], "nn.Module"]
 
 
 def _no_check(settings: AdapterSettings) -> None:
@@ -68,8 +70,6 @@ def get_adapter_kind(name: str) -> AdapterKind:
 
 
 def _check_guidance_only_for_dgsct(settings: AdapterSettings) -> None:
-    from .adapter import GUIDANCE_PATHS
-
     if set(settings.guidance) != set(GUIDANCE_PATHS):
         raise ValueError(
             f"guidance: {settings.guidance} selects DG-SCT's attention paths; the {settings.kind!r} "
@@ -93,8 +93,6 @@ def _check_lavish(settings: AdapterSettings) -> None:
 
 
 def _dgsct_method(settings: AdapterSettings, family: str) -> str:
-    from .adapter import GUIDANCE_PATHS
-
     if set(settings.guidance) == set(GUIDANCE_PATHS):
         return "DG-SCT"
     kept = [p for p in GUIDANCE_PATHS if p in settings.guidance]

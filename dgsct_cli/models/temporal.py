@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class TemporalConfig:
-    """Widths of the temporal attention (the release's values by default)."""
-
-    visual_proj: int = 512
-    audio_proj: int = 128
-    d_model: int = 256
-    heads: int = 4
-    feedforward: int = 1024
-    dropout: float = 0.1
-    input_dropout: float = 0.2
-    gate_scale: float = 0.1
+from .heads.configs import TemporalConfig
 
 
 class AudioVisualLSTM(nn.Module):

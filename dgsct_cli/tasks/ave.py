@@ -6,7 +6,6 @@ over the classes and background; LAVisH AVE/main_trans.py:134), each with its re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from rich.table import Table
 
 from ..data.manifest import label_names
 from ..models.heads.ave import AVE_UNUSED_RELEASE_KEYS, AVEHeadConfig, build_ave_head
-from ..schema import Annotated, OneOf
 from .base import (
     DataInfo,
     OtherRelease,
@@ -28,15 +26,7 @@ from .base import (
     sample_ids,
 )
 from .builtin_prepare import prepare_ave_command
-
-
-@dataclass
-class AVELossConfig:
-    """Recipe section ``loss`` for AVE."""
-
-    # "release": BCE-with-logits applied to av_gate, which is already a probability (the release's
-    # quirk, the default so published runs reproduce); "bce": plain BCE on the probability.
-    gate_loss: Annotated[str, OneOf("release", "bce")] = "release"
+from .configs import AVELossConfig
 
 
 def ave_targets(batch: dict[str, Any], background: int) -> tuple[torch.Tensor, torch.Tensor]:

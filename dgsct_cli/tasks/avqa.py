@@ -12,7 +12,7 @@ Both read the cache ``dgsct prepare avqa`` writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from ..data.avqa import ANSWER_VOCAB, NEGATIVE_RULES, QUESTION_TYPES, QUESTION_VOCAB
+from ..data.avqa import ANSWER_VOCAB, QUESTION_TYPES, QUESTION_VOCAB
 from ..models.heads.avqa import (
     AVQA_UNUSED_RELEASE_KEYS,
     AVSTHead,
@@ -29,9 +29,9 @@ from ..models.heads.avqa import (
     interleave_pairs,
     match_labels,
 )
-from ..schema import Annotated, OneOf, Range
 from .base import DataInfo, ReleaseLayout, Task, register_task, sample_ids
 from .builtin_prepare import prepare_avqa_command
+from .configs import AVQAHeadConfig, AVQALossConfig, GroundingHeadConfig, GroundingLossConfig
 
 __all__ = [
     "AVQAEvaluator",
@@ -64,62 +64,6 @@ GROUP_KEYS = {
     "audio_visual_accuracy": ("Audio-Visual", "AVQ"),
 }
 TRANSFER_MODULES = ("head.fc_a1", "head.fc_a2", "head.fc_gl", "head.fc1", "head.fc2", "head.fc3", "head.fc4")
-
-
-def _three_widths(values: list[int]) -> None:
-    if len(values) != 3:
-        raise ValueError(f"match_hidden must list 3 widths (fc1, fc2, fc3), got {values}")
-
-
-@dataclass
-class AVQAHeadConfig:
-    """Recipe section ``model.head`` for AVQA (stage 2); release values by default."""
-
-    # "dgsct": DG-SCT's head at the Swin's width; "lavish": LAVisH's, at `width` after its
-    # projections of the visual and audio tokens (yb_fc_v / yb_fc_a), without fc_a1.
-    type: Annotated[str, OneOf("dgsct", "lavish")] = "dgsct"
-    width: Annotated[int, Range(1)] = 512  # LAVisH's head width
-    # None: the prepared data's answer count / question vocabulary (42 / 93 for MUSIC-AVQA).
-    num_classes: Annotated[int, Range(1)] | None = None
-    vocab_size: Annotated[int, Range(2)] | None = None
-    match_hidden: Annotated[list[int], Range(1)] = field(default_factory=lambda: [512, 256, 128])
-    question_embed: Annotated[int, Range(1)] | None = None  # None: the visual token width (1536)
-    question_hidden: Annotated[int, Range(1)] | None = None  # None: likewise
-    attention_heads: Annotated[int, Range(1)] = 4
-    dropout: Annotated[float, Range(0, 1, open_high=True)] = 0.1
-    # Added to the question LSTM's forget-gate biases at initialisation (release: 0). The LSTM
-    # reads the trailing <pad>s too; a small model trained briefly forgets the question there.
-    lstm_forget_bias: float = 0.0
-    # How training draws the negative frames: "release" keeps its r // 60 test (a negative can
-    # come from the same video, dataloader_avst.py:196-199); "other_video" always another video.
-    negatives: Annotated[str, OneOf(*NEGATIVE_RULES)] = "release"
-
-    def __post_init__(self) -> None:
-        _three_widths(self.match_hidden)
-
-
-@dataclass
-class AVQALossConfig:
-    """Recipe section ``loss`` for AVQA: CE(answer) + match_weight * CE(match pairs)."""
-
-    match_weight: Annotated[float, Range(0)] = 0.5
-
-
-@dataclass
-class GroundingHeadConfig:
-    """Recipe section ``model.head`` for the stage-1 grounding pre-training."""
-
-    match_hidden: Annotated[list[int], Range(1)] = field(default_factory=lambda: [512, 256, 128])
-    # The release reads MUSIC-AVQA's real videos only (avqa-train_real.json); false: every video.
-    real_only: bool = True
-
-    def __post_init__(self) -> None:
-        _three_widths(self.match_hidden)
-
-
-@dataclass
-class GroundingLossConfig:
-    """Recipe section ``loss`` for stage 1: cross-entropy over the positive/negative pairs."""
 
 
 # -- losses ---------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ They differ in their defaults (gamma, trainable set, loss) and release layouts.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +21,11 @@ from ..models.heads.avs import (
     AVS_UNUSED_RELEASE_KEYS,
     NUM_STAGES,
     AVSHead,
-    AVSHeadConfig,
 )
-from ..schema import Annotated, OneOf, Range
 from .avs_metrics import VIDEOS_PER_BATCH, f_measure, mask_iou
 from .base import DataInfo, ReleaseLayout, Task, heard_text, register_task, sample_ids
 from .builtin_prepare import prepare_avs_command
+from .configs import AVSLossConfig, AVSMS3HeadConfig, AVSMS3LossConfig, AVSS4HeadConfig
 
 __all__ = [
     "AVSEvaluator",
@@ -44,47 +41,6 @@ __all__ = [
 
 
 # -- settings ----------------------------------------------------------------------------------
-
-
-@dataclass
-class AVSS4HeadConfig(AVSHeadConfig):
-    """``model.head`` for S4: gamma 0.05 (hard-coded, PVT_AVSModel.py:450); HTS-AT trains."""
-
-    gamma: Annotated[float, Range(0)] = 0.05
-    train_audio_encoder: bool = True
-
-
-@dataclass
-class AVSMS3HeadConfig(AVSHeadConfig):
-    """``model.head`` for MS3: gamma 0.1 (``--gamma`` default, used by train.sh; test.sh passes
-    0.05); HTS-AT frozen."""
-
-    gamma: Annotated[float, Range(0)] = 0.1
-    train_audio_encoder: bool = False
-
-
-@dataclass
-class AVSLossConfig:
-    """Recipe section ``loss`` for AVS (S4's defaults; MS3's in :class:`AVSMS3LossConfig`)."""
-
-    # BCE(sigmoid(logits), mask) on the first frame of each clip (S4, loss.py:7-26) or all five (MS3).
-    bce_frames: Annotated[str, OneOf("first", "all")] = "first"
-    # The audio - masked-visual matching term (AVM): "kl" (MS3 train.sh: KL of softmaxed features,
-    # sum-reduced), "cosine" (S4's variant, off in its train.sh), or "none".
-    avm: Annotated[str, OneOf("none", "kl", "cosine")] = "none"
-    avm_weight: Annotated[float, Range(0)] = 0.0  # lambda_1
-    avm_stages: Annotated[list[int], Range(0, NUM_STAGES - 1)] = dataclasses.field(
-        default_factory=lambda: list(range(NUM_STAGES))
-    )
-
-
-@dataclass
-class AVSMS3LossConfig(AVSLossConfig):
-    """``loss`` for MS3: all five masks, 0.5 x KL AVM on the four stages (avs_ms3/train.sh:16-19)."""
-
-    bce_frames: Annotated[str, OneOf("first", "all")] = "all"
-    avm: Annotated[str, OneOf("none", "kl", "cosine")] = "kl"
-    avm_weight: Annotated[float, Range(0)] = 0.5
 
 
 # -- losses ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +15,12 @@ from ..models.heads.mgn import (
     MGNHead,
     avvp_loss,
 )
-from ..schema import Annotated, OneOf, Range
 from .avvp_metrics import SCORE_KEYS, format_parsing_table, parsing_scores
 from .base import DataInfo, ReleaseLayout, Task, label_runs, register_task, sample_ids
 from .builtin_prepare import prepare_avvp_command
+from .configs import AVVPHeadConfig, AVVPLossConfig
 
 __all__ = ["AVVP_CLASSES", "AVVPHeadConfig", "AVVPLossConfig", "parsing_scores"]
-
-
-@dataclass
-class AVVPHeadConfig:
-    """Recipe section ``model.head`` for AVVP (the MGN head, release values by default)."""
-
-    # None: the prepared data's class count (LLP's 25); a number pins it.
-    num_classes: Annotated[int, Range(1)] | None = None
-    st_dim: Annotated[int, Range(1)] = 512  # R(2+1)D-18 3-D visual features
-    dim: Annotated[int, Range(1)] = 128
-    temporal_dim: Annotated[int, Range(1)] = 64
-    temporal_heads: Annotated[int, Range(1)] = 4
-    temporal_ff_dim: Annotated[int, Range(1)] = 1024
-    temporal_scale: float = 0.05
-    num_heads: Annotated[int, Range(1)] = 8
-    mlp_ratio: Annotated[float, Range(0, open_low=True)] = 4.0
-    drop_path: Annotated[float, Range(0, 1, open_high=True)] = 0.1
-    unimodal_depth: Annotated[int, Range(0)] = 3
-    crossmodal_depth: Annotated[int, Range(0)] = 6
-    unimodal_assign: Annotated[str, OneOf("soft", "hard")] = "soft"
-    crossmodal_assign: Annotated[str, OneOf("soft", "hard")] = "soft"
-    # The release discards the gated audio stream (quirk); true feeds it to the audio grouping.
-    gated_audio: bool = False
-
-
-@dataclass
-class AVVPLossConfig:
-    """Recipe section ``loss`` for AVVP."""
-
-    # visual target = (1 - s) y + s / 2 (release: 0.9 y + 0.05)
-    visual_smoothing: Annotated[float, Range(0, 1)] = 0.1
 
 
 def build_mgn_head(visual_dim: int, audio_dim: int, cfg: AVVPHeadConfig) -> MGNHead:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .configs import TASK_CONFIGS, TaskConfigs
+
 if TYPE_CHECKING:
     import torch
     from rich.console import Console
@@ -468,6 +470,8 @@ def register_task(task: Task) -> Task:
     if not task.name:
         raise ValueError("a task needs a name")
     TASKS[task.name] = task
+    # Recipes are resolved from the torch-free table (tasks/configs.py).
+    TASK_CONFIGS[task.name] = TaskConfigs(task.head_config, task.loss_config)
     return task
 
 

@@ -22,7 +22,7 @@ an event-less AVE video as class 0, and averages per-batch accuracies as the rel
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from ..models.heads.fewshot import FewShotHead, FewShotHeadConfig
-from ..schema import Annotated, OneOf, Range
 from .base import DataInfo, ReleaseLayout, Task, register_task, sample_ids
+from .configs import BackgroundHeadConfig, FewShotLossConfig, VideoLossConfig
 
 __all__ = [
     "FewShotEvaluator",
@@ -49,37 +49,6 @@ LOSS_TERMS = ("event", "audio_image", "image_audio")
 
 
 # -- losses -------------------------------------------------------------------------------------
-
-
-@dataclass
-class FewShotLossConfig:
-    """Recipe section ``loss`` of the few-shot and pre-training tasks.
-
-    The total is ``w_e L_event + w_ai L_audio_image + w_ia L_image_audio``, where the weights are
-    ``weights`` ("fixed"); ``weights`` up to ``switch_epoch`` and ``late_weights`` after ("step",
-    main_AVE.py:124-132); or loss-adaptive ``w_k = L_k / S + 1 / e`` with ``S = e + sum L`` and
-    ``e`` the epoch, not detached ("adaptive", main_LLP_class.py:128-134 and the pre-training);
-    "adaptive-ave-cls" is main_AVE_class.py:130, where a misplaced bracket makes
-    ``w_ia = L_ia / e + sum L + 1 / e``.
-    """
-
-    # "segment": cross-entropy per segment; "video": on the logits averaged over the segments.
-    event: Annotated[str, OneOf("segment", "video")] = "segment"
-    weighting: Annotated[str, OneOf("fixed", "step", "adaptive", "adaptive-ave-cls")] = "fixed"
-    weights: Annotated[list[float], Range(0)] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    late_weights: Annotated[list[float], Range(0)] | None = None
-    switch_epoch: Annotated[int, Range(1)] = 10
-    # The release's LLP labels are float64 (a numpy multi-hot), so its soft cross-entropy and the
-    # weighted total are float64 (few-shot dataloader.py:45-63).
-    float64_targets: bool = False
-
-    def __post_init__(self) -> None:
-        if len(self.weights) != 3 or (self.late_weights is not None and len(self.late_weights) != 3):
-            raise ValueError(
-                "weights and late_weights need three numbers (event, audio->image, image->audio)"
-            )
-        if self.weighting == "step" and self.late_weights is None:
-            raise ValueError("weighting 'step' needs late_weights")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -553,18 +522,6 @@ def _llp_names() -> list[str]:
     from ..data.avvp import AVVP_CLASSES
 
     return list(AVVP_CLASSES)
-
-
-@dataclass
-class BackgroundHeadConfig(FewShotHeadConfig):
-    """``model.head`` of the settings with a background text class (AVE localisation, pre-training)."""
-
-    background: bool = True
-
-
-@dataclass
-class VideoLossConfig(FewShotLossConfig):
-    event: Annotated[str, OneOf("segment", "video")] = "video"
 
 
 class FewShotAVETask(FewShotTask):

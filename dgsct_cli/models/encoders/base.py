@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from .configs import FAMILY_CONFIGS, FamilyConfigs
+
 if TYPE_CHECKING:
     from ..dual import DualEncoder
 
@@ -195,6 +197,8 @@ FAMILIES: dict[str, EncoderFamily] = {}
 
 def register_family(family: EncoderFamily) -> EncoderFamily:
     FAMILIES[family.name] = family
+    # Recipes are resolved from the torch-free table (models/encoders/configs.py).
+    FAMILY_CONFIGS[family.name] = FamilyConfigs(family.visual_config, family.audio_config, family.text_config)
     return family
 
 

@@ -12,100 +12,17 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...schema import Annotated, OneOf, Range
 from ..weights import CheckpointError, load_into
-from .htsat import HTSAT, HTSATConfig, convert_htsat_state_dict, htsat_unused_keys
+from .configs import ROBERTA_BASE, CLAPAudioConfig, ClipClapTextConfig
+from .htsat import HTSAT, convert_htsat_state_dict, htsat_unused_keys
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CLAPAudioConfig(HTSATConfig):
-    """Recipe section ``model.audio`` of the ``clip-clap`` family: CLAP's HTS-AT-tiny, fed 32-kHz
-    audio with hop 320 (the release's constructor arguments), front end from the file."""
-
-    weights: str | None = None  # 630k-audioset-fusion-best.pt or 630k-fusion-best.pt (LAION layout)
-    front_end: Annotated[str, OneOf("computed", "weights")] = "weights"
-    final_norm: bool = True
-    projection_dim: Annotated[int, Range(1)] = 512
-
-
-# RoBERTa-base, the CLAP text branch's shape (transformers' RobertaConfig fields).
-ROBERTA_BASE: dict[str, Any] = {
-    "vocab_size": 50265,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 514,
-    "type_vocab_size": 1,
-    "pad_token_id": 1,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "layer_norm_eps": 1e-5,
-}
-
-
-@dataclass
-class ClipClapTextConfig:
-    """Recipe section ``model.text`` of the ``clip-clap`` family: the CLAP text branch's shape and
-    the roberta-base tokenizer files (``vocab.json`` + ``merges.txt``) the user supplies."""
-
-    tokenizer: str | None = None  # folder with roberta-base vocab.json and merges.txt
-    roberta: dict[str, Any] = field(default_factory=dict)  # overrides of ROBERTA_BASE (tiny tests)
-    projection_dim: Annotated[int, Range(1)] = 512
-
-    def __post_init__(self) -> None:
-        check_roberta_settings(self.roberta)
-
-
-# RobertaConfig takes any keyword (an unknown one is kept and ignored): the settings it reads.
-ROBERTA_SETTINGS = (
-    *ROBERTA_BASE,
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "initializer_range",
-    "position_embedding_type",
-)
-_ROBERTA_SIZES = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
-
-
-def check_roberta_settings(values: dict[str, Any]) -> None:
-    """``model.text.roberta``: known RobertaConfig settings, positive sizes, heads dividing the width."""
-    import difflib
-
-    for key, value in values.items():
-        if key not in ROBERTA_SETTINGS:
-            close = difflib.get_close_matches(str(key), ROBERTA_SETTINGS, n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(
-                f"roberta: unknown setting '{key}'{hint}; RoBERTa's settings: {', '.join(ROBERTA_SETTINGS)}"
-            )
-        if key in _ROBERTA_SIZES and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"roberta: {key}: {value!r} is out of range (allowed: a whole number >= 1)")
-    merged = {**ROBERTA_BASE, **values}
-    if merged["hidden_size"] % merged["num_attention_heads"]:
-        raise ValueError(
-            f"roberta: num_attention_heads {merged['num_attention_heads']} does not divide "
-            f"hidden_size {merged['hidden_size']}"
-        )
 
 
 # LAION keys the release does not run (few-shot nets/net_trans.py:656-695, prompt_learner.py:78-108).

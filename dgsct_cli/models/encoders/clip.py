@@ -9,52 +9,19 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ...schema import Annotated, Range
 from ..weights import CheckpointError, load_into, unsafe_load_reason
 from .base import StageGeometry
+from .configs import CLIPConfig
 
 log = logging.getLogger(__name__)
 
 # Keys of OpenAI archives that are not tensors of the model.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-@dataclass
-class CLIPConfig:
-    """Recipe section ``model.visual`` of the ``clip-clap`` family (defaults: ViT-B/32, 224 px).
-
-    ``weights`` names the OpenAI file, which also holds the CLIP text tower (``model.text``)."""
-
-    weights: str | None = None  # ViT-B-32.pt (TorchScript archive) or an OpenAI-layout state dict
-    img_size: Annotated[int, Range(16)] = 224
-    patch_size: Annotated[int, Range(1)] = 32
-    width: Annotated[int, Range(64)] = 768
-    layers: Annotated[int, Range(1)] = 12
-    embed_dim: Annotated[int, Range(1)] = 512
-    # The release normalises CLIP's frames with ImageNet statistics, not CLIP's own
-    # (few-shot dataloader.py:196-202); CLIP's are (0.4815, 0.4578, 0.4082) / (0.2686, 0.2613, 0.2758).
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN))
-    std: Annotated[list[float], Range(0, open_low=True)] = field(
-        default_factory=lambda: list(IMAGENET_DEFAULT_STD)
-    )
-    # The CLIP text tower's shape (the OpenAI file holds both towers).
-    text_width: Annotated[int, Range(64)] = 512
-    text_layers: Annotated[int, Range(1)] = 12
-    context_length: Annotated[int, Range(1)] = 77
-    vocab_size: Annotated[int, Range(1)] = 49408
-
-    def __post_init__(self) -> None:
-        if self.width % 64 or self.text_width % 64:
-            raise ValueError("width and text_width must be multiples of 64 (CLIP uses 64-wide heads)")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
 
 
 def build_clip(cfg: CLIPConfig) -> nn.Module:

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from .base import BlockPair, EncoderFamily, TowerSet, register_family
-from .clap import CLAPAudioConfig, ClipClapTextConfig, clap_towers
-from .clip import CLIPConfig, CLIPVisionView, clip_towers
+from .clap import clap_towers
+from .clip import CLIPVisionView, clip_towers
 from .clip_clap_files import clip_clap_weight_files, write_random_files
+from .configs import CLAPAudioConfig, ClipClapTextConfig, CLIPConfig
 from .htsat import HTSATView
 
 if TYPE_CHECKING:

@@ -26,8 +26,9 @@ import torch
 
 from ...atomic import atomic_output, atomic_write_bytes
 from .base import WeightFile
-from .clap import CLAPAudioConfig, ClipClapTextConfig, clap_towers
-from .clip import CLIPConfig, build_clip
+from .clap import clap_towers
+from .clip import build_clip
+from .configs import ROBERTA_BASE, CLAPAudioConfig, ClipClapTextConfig, CLIPConfig
 from .tokenizers import _byte_symbols
 
 __all__ = [
@@ -180,8 +181,6 @@ def write_random_files(
                 torch.save({"state_dict": laion_clap_state(*towers)}, tmp)
             written.append(Path(audio.weights))
     if "model.text.tokenizer" in wanted and text.tokenizer:
-        from .clap import ROBERTA_BASE
-
         size = int({**ROBERTA_BASE, **text.roberta}["vocab_size"])
         written.append(write_roberta_tokenizer(Path(text.tokenizer), size))
     return written

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,68 +21,11 @@ from timm.layers import PatchEmbed
 from timm.models.swin_transformer import SwinTransformerStage
 from torch import nn
 
-from ...schema import Annotated, OneOf, Range
 from ..weights import CheckpointError, load_into, load_state_dict_file
 from .base import StagedNHWCView, StageGeometry
+from .configs import HTSATConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class HTSATConfig:
-    """Recipe section ``model.audio`` (defaults: HTS-AT AudioSet, as DG-SCT uses it)."""
-
-    weights: str | None = None  # HTSAT_AudioSet_Saved_1.ckpt (Lightning) or our own file
-    sample_rate: Annotated[int, Range(1000)] = 32000
-    n_fft: Annotated[int, Range(16)] = 1024
-    hop_length: Annotated[int, Range(1)] = 320
-    mel_bins: Annotated[int, Range(1)] = 64
-    fmin: Annotated[float, Range(0)] = 50.0
-    fmax: Annotated[float, Range(0, open_low=True)] = 14000.0
-    # "computed": STFT window and Slaney mel matrix computed from the fields above (not weights);
-    # "weights": STFT kernels and mel matrix are tensors of the model, read from the weight file
-    # (CLAP; AVS-S4, which fine-tunes them), initialised to the computed ones.
-    front_end: Annotated[str, OneOf("computed", "weights")] = "computed"
-    spec_size: Annotated[int, Range(4)] = 256
-    patch_size: Annotated[int, Range(1)] = 4
-    embed_dim: Annotated[int, Range(1)] = 96
-    depths: Annotated[list[int], Range(1)] = field(default_factory=lambda: [2, 2, 6, 2])
-    num_heads: Annotated[list[int], Range(1)] = field(default_factory=lambda: [4, 8, 16, 32])
-    window_size: Annotated[int, Range(1)] = 8
-    drop_path_rate: Annotated[float, Range(0, 1, open_high=True)] = 0.1
-    final_norm: bool = False  # LayerNorm after the last stage (CLAP uses it; DG-SCT's core does not)
-    spec_augment: bool = True  # SpecAugment in training (time 64 x2, freq 8 x2)
-    time_mask: Annotated[int, Range(0)] = 64
-    freq_mask: Annotated[int, Range(0)] = 8
-
-    def __post_init__(self) -> None:
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError("depths and num_heads must have the same length")
-        for i, heads in enumerate(self.num_heads):
-            width = self.embed_dim * 2**i  # timm would silently use width // heads channels per head
-            if width % heads:
-                raise ValueError(
-                    f"num_heads[{i}] = {heads} does not divide stage {i + 1}'s width {width} "
-                    f"(embed_dim {self.embed_dim} x {2**i})"
-                )
-        if self.spec_size % self.mel_bins:
-            raise ValueError(f"spec_size ({self.spec_size}) must be a multiple of mel_bins ({self.mel_bins})")
-        if self.fmax <= self.fmin:
-            raise ValueError(f"fmax ({self.fmax}) must be above fmin ({self.fmin})")
-
-    @property
-    def freq_ratio(self) -> int:
-        return self.spec_size // self.mel_bins
-
-    @property
-    def max_frames(self) -> int:
-        """STFT frames the time axis is resized to (1024 for HTS-AT)."""
-        return self.spec_size * self.freq_ratio
-
-    @property
-    def max_samples(self) -> int:
-        """Longest waveform (samples) whose centred STFT has at most ``max_frames`` frames."""
-        return (self.max_frames - 1) * self.hop_length + self.hop_length - 1
 
 
 class LogMelFrontEnd(nn.Module):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import re
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
@@ -17,87 +14,11 @@ import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 from torch import nn
 
-from ...schema import Annotated, Range
 from ..weights import load_into, load_state_dict_file
 from .base import StagedNHWCView, StageGeometry
+from .configs import SwinV2Config
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SwinV2Config:
-    """Recipe section ``model.visual`` of the ``swinv2-htsat`` family."""
-
-    name: str = "swinv2_large_window12_192.ms_in22k"
-    weights: str | None = None  # local .safetensors/.bin/.pth, or "hub" to let timm download
-    img_size: Annotated[int, Range(16)] = 192
-    drop_path_rate: Annotated[float, Range(0, 1, open_high=True)] = 0.1
-    fused_attention: bool = True  # scaled_dot_product_attention for the cosine window attention
-    args: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny configs)
-
-    def __post_init__(self) -> None:
-        check_timm_settings(self.name, self.args)
-
-
-# timm passes ``args`` to SwinTransformerV2 unchecked (an unknown keyword, a negative width and a
-# head count that does not divide a stage's width each build another model or fail deep inside).
-_SET_BY_THE_CONFIG = ("img_size", "drop_path_rate", "num_classes")
-_POSITIVE_INTS = ("embed_dim", "patch_size", "in_chans")
-_POSITIVE_INT_LISTS = ("depths", "num_heads")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def check_timm_settings(name: str, args: dict[str, Any]) -> None:
-    """``model.visual.name`` is a timm Swin-V2 model and ``model.visual.args`` holds settings of
-    timm's ``SwinTransformerV2`` with sane values; messages start with the key."""
-    from timm.models import model_entrypoint
-
-    if not timm.is_model(name):
-        known = ", ".join([m for m in timm.list_models("swinv2_*") if "_cr_" not in m][:6])
-        raise ValueError(f"name: {name!r} is not a timm model (Swin-V2 models include {known}, ...)")
-    if not model_entrypoint(name).__module__.endswith("swin_transformer_v2"):
-        raise ValueError(f"name: {name!r} is not a Swin Transformer V2 model")
-    allowed = [
-        p
-        for p in inspect.signature(SwinTransformerV2.__init__).parameters
-        if p not in ("self", "device", "dtype", *_SET_BY_THE_CONFIG)
-    ]
-    for key, value in args.items():
-        if key in _SET_BY_THE_CONFIG:
-            raise ValueError(f"args.{key}: set model.visual.{key} instead")
-        if key not in allowed:
-            raise ValueError(
-                f"args.{key}: not a setting of timm's SwinTransformerV2 (its settings: {', '.join(allowed)})"
-            )
-        if key in _POSITIVE_INTS and not _positive_int(value):
-            raise ValueError(f"args.{key}: {value!r} is out of range (allowed: a whole number >= 1)")
-        if key in _POSITIVE_INT_LISTS and (
-            not isinstance(value, list) or not value or not all(_positive_int(v) for v in value)
-        ):
-            raise ValueError(f"args.{key}: {value!r} is out of range (allowed: a list of whole numbers >= 1)")
-        if key == "window_size" and not (
-            _positive_int(value)
-            or (isinstance(value, list) and value and all(_positive_int(v) for v in value))
-        ):
-            raise ValueError(f"args.window_size: {value!r} is out of range (allowed: a whole number >= 1)")
-        if key == "mlp_ratio" and not (
-            isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-        ):
-            raise ValueError(f"args.mlp_ratio: {value!r} is out of range (allowed: > 0)")
-    depths, heads = args.get("depths"), args.get("num_heads")
-    if depths is not None and heads is not None and len(depths) != len(heads):
-        raise ValueError(f"args.num_heads: {len(heads)} values for {len(depths)} stages (args.depths)")
-    embed_dim = args.get("embed_dim")
-    if embed_dim is not None and heads is not None:
-        for i, h in enumerate(heads):
-            if (embed_dim * 2**i) % h:
-                raise ValueError(
-                    f"args.num_heads[{i}] = {h} does not divide stage {i + 1}'s width {embed_dim * 2**i} "
-                    f"(embed_dim {embed_dim} x {2**i})"
-                )
 
 
 class SwinV2View(StagedNHWCView):

@@ -18,8 +18,9 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2Block
 from torch import nn
 
 from .base import BlockPair, EncoderFamily, TowerSet, WeightFile, register_family
-from .htsat import HTSATConfig, HTSATView, create_audio_encoder
-from .swinv2 import SwinV2Config, SwinV2View, create_visual_encoder
+from .configs import HTSATConfig, SwinV2Config
+from .htsat import HTSATView, create_audio_encoder
+from .swinv2 import SwinV2View, create_visual_encoder
 
 if TYPE_CHECKING:
     from ..dual import DualEncoder

@@ -13,7 +13,7 @@ the Swin's final norm and are pooled by their mean (411-412).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,30 +22,14 @@ import torchaudio
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ...schema import Annotated, OneOf, Range
 from .base import EncoderFamily, StagedNHWCView, TowerSet, register_family
 from .clip_clap import pair_in_order
-from .swinv2 import SwinV2Config, SwinV2View, create_visual_encoder
+from .configs import SpectrogramImageConfig, SwinV2Config
+from .swinv2 import SwinV2View, create_visual_encoder
 from .swinv2_htsat import _attn_half, _mlp_half, pool_mean, pool_with_maps
 
 if TYPE_CHECKING:
     from ..dual import DualEncoder
-
-
-@dataclass
-class SpectrogramImageConfig:
-    """Recipe section ``model.audio`` of the ``swinv2-shared`` family (defaults: LAVisH's AVE)."""
-
-    sample_rate: Annotated[int, Range(1000)] = 16000  # the rate LAVisH's wav files have
-    mel_bins: Annotated[int, Range(1)] = 192  # image width; must equal model.visual.img_size
-    frames: Annotated[int, Range(1)] = 192  # image height (cut or zero-padded); = img_size
-    frame_length_ms: Annotated[float, Range(0, open_low=True)] = 25.0
-    frame_shift_ms: Annotated[float, Range(0, open_low=True)] = 5.2
-    window: Annotated[str, OneOf("hanning", "hamming", "povey", "rectangular", "blackman")] = "hanning"
-    # LAVisH's AVE statistics of the 192-bin filterbank (dataloader.py:84-85), applied as
-    # (fbank - mean) / (2 * std) (dataloader.py:174).
-    norm_mean: float = -4.984795570373535
-    norm_std: Annotated[float, Range(0, open_low=True)] = 3.7079780101776123
 
 
 class SpectrogramImage(nn.Module):

@@ -4,29 +4,13 @@ AVE/nets/net_trans.py:182-431), or LAVisH's per-segment classifier (``type: lavi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ...schema import Annotated, OneOf, Range
 from ..output import EncoderOutput
-from ..temporal import TemporalAttention, TemporalConfig
-
-
-@dataclass
-class AVEHeadConfig:
-    """Recipe section ``model.head`` for AVE."""
-
-    # "cmbs": DG-SCT's head (temporal attention + CMBS); "lavish": LAVisH's two linear layers on the
-    # concatenated features, one class out of num_classes + background per segment.
-    type: Annotated[str, OneOf("cmbs", "lavish")] = "cmbs"
-    # None: the prepared data's class count (28 for AVE); a number pins it (a mismatch is an error).
-    num_classes: Annotated[int, Range(1)] | None = None
-    hidden: Annotated[int, Range(1)] = 512  # LAVisH's mlp_class width
-    top_k: Annotated[int, Range(1)] = 4  # time steps averaged for the class-activation scores
-    av_score_weight: float = 0.3
-    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+from ..temporal import TemporalAttention
+from .configs import AVEHeadConfig
 
 
 class LocalizeModule(nn.Module):

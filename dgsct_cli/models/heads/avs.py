@@ -17,15 +17,14 @@ with their reasons).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...schema import Annotated, OneOf, Range
 from ..output import EncoderNeeds, EncoderOutput
 from ..temporal import AudioVisualLSTM, SelfRelation, TemporalConfig
+from .configs import NUM_STAGES, AVSHeadConfig, AVSTemporalConfig
 
 __all__ = [
     "AVS_S4_UNUSED_RELEASE_KEYS",
@@ -36,63 +35,6 @@ __all__ = [
     "AVSTemporalConfig",
     "TPAVI",
 ]
-
-NUM_STAGES = 4
-
-
-@dataclass
-class AVSTemporalConfig:
-    """Widths of the AVS temporal attention (release values by default, PVT_AVSModel.py:447-476)."""
-
-    d_model: Annotated[int, Range(2)] = 256
-    heads: Annotated[int, Range(1)] = 4
-    feedforward: Annotated[int, Range(1)] = 1024
-    dropout: Annotated[float, Range(0, 1, open_high=True)] = 0.1
-    input_dropout: Annotated[float, Range(0, 1, open_high=True)] = 0.2
-
-
-@dataclass
-class AVSHeadConfig:
-    """Recipe section ``model.head`` for AVS (the release's values by default)."""
-
-    channels: Annotated[int, Range(2)] = 256  # decoder width: stage projections, TPAVI, FPN
-    audio_dim: Annotated[int, Range(1)] = 128  # audio_linear output (the VGGish width it replaces)
-    # Side of the last stage's decoder map; the stages are 8g, 4g, 2g, g and the mask is 32g
-    # (PVT-v2's 56/28/14/7 grids and 224-pixel masks at g = 7).
-    grid: Annotated[int, Range(1)] = 7
-    # Widths of the four visual stage maps; None: the pooled width halved per stage back from the
-    # last (Swin's doubling: 192, 384, 768, 1536 for Swin-V2-L).
-    stage_dims: Annotated[list[int], Range(1)] | None = None
-    output_hidden: Annotated[list[int], Range(1)] = field(default_factory=lambda: [128, 32])
-    # Strength of the temporal attention's gates: x + gamma * gate * x. S4 hard-codes 0.05
-    # (PVT_AVSModel.py:450); MS3 reads --gamma: 0.1 in train.sh, 0.05 in test.sh.
-    gamma: Annotated[float, Range(0)] = 0.05
-    temporal: AVSTemporalConfig = field(default_factory=AVSTemporalConfig)
-    # HTS-AT (with its STFT kernels and mel matrix when model.audio.front_end is "weights") trains
-    # too: S4 freezes only Swin (avs_s4/train.py:145-164), MS3 also HTS-AT (avs_ms3/train.py:118-139).
-    train_audio_encoder: bool = False
-    # "dgsct": DG-SCT's decoder; "lavish": LAVisH's (each stage map through a Linear to PVT-v2's
-    # width, resized, then an ASPP sum of dilated 3x3 convolutions to `channels`; no temporal
-    # attention: the audio goes from audio_linear straight to TPAVI).
-    decoder: Annotated[str, OneOf("dgsct", "lavish")] = "dgsct"
-    pvt_dims: Annotated[list[int], Range(1)] = field(default_factory=lambda: [64, 128, 320, 512])
-    aspp_dilations: Annotated[list[int], Range(1)] = field(default_factory=lambda: [3, 6, 12, 18])
-
-    def __post_init__(self) -> None:
-        if len(self.output_hidden) != 2:
-            raise ValueError(f"output_hidden must list 2 widths, got {self.output_hidden}")
-        if self.stage_dims is not None and len(self.stage_dims) != NUM_STAGES:
-            raise ValueError(f"stage_dims must list {NUM_STAGES} widths, got {self.stage_dims}")
-        if len(self.pvt_dims) != NUM_STAGES:
-            raise ValueError(f"pvt_dims must list {NUM_STAGES} widths, got {self.pvt_dims}")
-        if self.temporal.d_model % 2:
-            raise ValueError(
-                f"temporal.d_model must be even (bidirectional LSTM), got {self.temporal.d_model}"
-            )
-
-    @property
-    def mask_size(self) -> int:
-        return 32 * self.grid
 
 
 class AVSTemporalAttention(nn.Module):

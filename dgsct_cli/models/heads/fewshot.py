@@ -23,16 +23,15 @@ class list: zero-shot re-targets a pre-trained head with :meth:`FewShotHead.set_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ...schema import Annotated, OneOf, Range
 from ..encoders.tokenizers import clap_tokenize, clip_tokenize, load_roberta_tokenizer
 from ..output import EncoderOutput
+from .configs import FewShotHeadConfig
 
 __all__ = [
     "BACKGROUND",
@@ -45,38 +44,6 @@ __all__ = [
 ]
 
 BACKGROUND = "background"
-
-
-@dataclass
-class FewShotHeadConfig:
-    """Recipe section ``model.head`` of the few-shot, pre-training and zero-shot tasks."""
-
-    num_classes: Annotated[int, Range(1)] | None = None  # from the data unless pinned
-    class_names: list[str] = field(default_factory=list)  # from the data (text prompts are built from them)
-    # A "background" text class after the class names (AVE localisation and pre-training score it
-    # like any other class; the classification settings and zero-shot have none).
-    background: bool = False
-    n_ctx: Annotated[int, Range(1)] = 4  # learned context vectors ("X X X X <name>.")
-    ctx_std: Annotated[float, Range(0)] = 0.02  # their N(0, std^2) initialisation
-    adapter_ratio: Annotated[float, Range(0, 1)] = 0.2  # CLIP-Adapter residual mix
-    adapter_reduction: Annotated[int, Range(1)] = 4  # CLIP-Adapter bottleneck 512 -> 128
-    # "sum": w_v Lv + w_a La (few-shot, weights 2 and 2); "self_weighted": (Lv^2 + La^2)/(Lv + La),
-    # the release's pre-training and zero-shot rule.
-    fusion: Annotated[str, OneOf("sum", "self_weighted")] = "sum"
-    fusion_weights: Annotated[list[float], Range(0)] = field(default_factory=lambda: [2.0, 2.0])
-    # "raw": CLAP's logit_scale_a as stored (a log scale, ~4.6), as the release uses it; "exp": exp of it.
-    clap_scale: Annotated[str, OneOf("raw", "exp")] = "raw"
-    clap_template: str = "The sounds of {}"
-    clap_max_length: Annotated[int, Range(2)] = 77
-    # How the task scores and selects: "default" (selection on the validation split, multi-label
-    # aware LLP top-1, global accuracies) or "release" (the release's rules; see the task).
-    protocol: Annotated[str, OneOf("default", "release")] = "default"
-
-    def __post_init__(self) -> None:
-        if len(self.fusion_weights) != 2:
-            raise ValueError("fusion_weights needs two numbers (visual, audio)")
-        if "{}" not in self.clap_template:
-            raise ValueError("clap_template needs a '{}' where the class name goes")
 
 
 def clip_prompts(class_names: list[str], n_ctx: int) -> list[str]:
