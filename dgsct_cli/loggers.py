@@ -443,9 +443,17 @@ class RunLogger:
         self._clock = time.perf_counter()
 
     def train_batch(
-        self, loss: float, samples: int, step: int | None, lrs: Sequence[float], epoch_end: bool = False
+        self,
+        loss: float,
+        samples: int,
+        step: int | None,
+        lrs: Sequence[float],
+        epoch_end: bool = False,
+        at: float | None = None,
     ) -> None:
-        """One micro-batch; ``step`` is the optimiser step it completed (None: mid-accumulation)."""
+        """One micro-batch; ``step`` is the optimiser step it completed (None: mid-accumulation);
+        ``at``: when it finished (``time.perf_counter()``; default now): the trainer reads batches
+        back a few at a time."""
         if not self._open:
             return
         s = self._state
@@ -454,7 +462,7 @@ class RunLogger:
         self._samples += samples
         if step is None:
             return
-        now = time.perf_counter()
+        now = time.perf_counter() if at is None else at
         row = {"step/loss": s["loss_sum"] / max(s["loss_count"], 1)}
         if len(lrs) == 1:
             row["step/lr"] = float(lrs[0])

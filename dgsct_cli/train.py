@@ -182,6 +182,48 @@ def training_loss(
     return task.loss(out, batch, loss_cfg), out
 
 
+# Batches whose loss and accuracy counts stay on the device before they are read back: a read-back
+# waits for the device to finish (a host sync), and done every batch it keeps the CPU from queueing
+# the next batch's kernels while the current ones run.
+READ_BACK_EVERY = 8
+
+
+def read_back_interval(device: torch.device) -> int:
+    """Batches between read-backs on ``device``: on the CPU nothing runs ahead, so every batch
+    (the progress bar moves with each one)."""
+    return 1 if device.type == "cpu" else READ_BACK_EVERY
+
+
+@dataclass
+class PendingBatch:
+    """A trained batch whose numbers are not read back yet (``loss``, ``correct`` and ``counted``
+    may be 0-dim device tensors); ``at``: when it finished (``time.perf_counter``)."""
+
+    loss: torch.Tensor | float
+    samples: int
+    correct: torch.Tensor | int
+    counted: torch.Tensor | int
+    step: int | None
+    lrs: list[float]
+    epoch_end: bool
+    at: float
+
+
+def read_numbers(values: list[Any]) -> list[Any]:
+    """Python numbers for numbers and 0-dim tensors, reading the tensors of one dtype and device in
+    one transfer (each value as ``float()``/``int()`` of it would give)."""
+    out = list(values)
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            groups.setdefault((v.dtype, v.device), []).append(i)
+    for idx in groups.values():
+        read = torch.stack([values[i].detach().reshape(()) for i in idx]).tolist()
+        for i, x in zip(idx, read, strict=True):
+            out[i] = x
+    return out
+
+
 @dataclass
 class Progression:
     epoch: int = 0  # epochs whose training is done
@@ -584,6 +626,8 @@ class Trainer:
         )
         self.model.train()
         start = time.perf_counter() - prog.epoch_seconds
+        pending: list[PendingBatch] = []
+        read_back_every = read_back_interval(self.device)
         bar = progress_bar(self.console, disable=not (self.show_progress and self.is_main))
         with bar:
             job = bar.add_task(
@@ -604,30 +648,36 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     prog.global_step += 1
                 prog.batch_in_epoch = i + 1
-                n = batch["frames"].shape[0]
                 c, k = self.task.batch_accuracy(out, batch)
-                # Running totals live in `prog`, so a mid-epoch resume logs the whole epoch.
-                prog.epoch_loss_sum += loss * n
-                prog.epoch_correct += c
-                prog.epoch_counted += k
-                prog.epoch_seen += n
-                prog.epoch_seconds = time.perf_counter() - start
-                lrs = [g["lr"] for g in self.optimizer.param_groups]
-                step = prog.global_step if last_of_step else None
-                self.logger.train_batch(loss, n, step, lrs, epoch_end=i + 1 == batches_per_epoch)
-                rate = prog.epoch_seen / max(prog.epoch_seconds, 1e-9)
-                accuracy = 100 * prog.epoch_correct / max(prog.epoch_counted, 1)
-                bar.update(
-                    job,
-                    advance=1,
-                    info=f"loss {prog.epoch_loss_sum / prog.epoch_seen:.4f}  acc {accuracy:.1f}%  {rate:.1f} samples/s",
+                pending.append(
+                    PendingBatch(
+                        loss,
+                        batch["frames"].shape[0],
+                        c,
+                        k,
+                        prog.global_step if last_of_step else None,
+                        [g["lr"] for g in self.optimizer.param_groups],
+                        i + 1 == batches_per_epoch,
+                        time.perf_counter(),
+                    )
                 )
+                prog.epoch_seconds = time.perf_counter() - start
                 if self.interrupt_after_batches is not None:
                     self.interrupt_after_batches -= 1
                     if self.interrupt_after_batches <= 0:
                         self.interrupt_after_batches = None
                         self.stop.requested = True
-                if prog.batch_in_epoch < batches_per_epoch and self._stop_requested():
+                read_back = len(pending) >= read_back_every or i + 1 == batches_per_epoch
+                # Alone, the stop flag is a Python bool (checked every batch); across processes it is
+                # an all-reduce, done where every rank reads back (the same batches on every rank).
+                stop = (
+                    prog.batch_in_epoch < batches_per_epoch
+                    and (read_back or dist_utils.world_size() == 1)
+                    and self._stop_requested()
+                )
+                if read_back or stop:
+                    self._read_back(prog, pending, bar, job)
+                if stop:
                     self._interrupt(
                         prog, f"interrupted in epoch {prog.epoch + 1} after batch {prog.batch_in_epoch}"
                     )
@@ -642,9 +692,30 @@ class Trainer:
             "seconds": elapsed,
         }
 
+    def _read_back(self, prog: Progression, pending: list[PendingBatch], bar: Any, job: Any) -> None:
+        """Add the pending batches' losses and accuracy counts to the epoch's running totals (which
+        live in ``prog``, so that a mid-epoch resume logs the whole epoch), log them and move the
+        progress bar; one host sync per dtype for all of them."""
+        losses = read_numbers([b.loss for b in pending])
+        counts = read_numbers([x for b in pending for x in (b.correct, b.counted)])
+        for j, b in enumerate(pending):
+            prog.epoch_loss_sum += losses[j] * b.samples
+            prog.epoch_correct += counts[2 * j]
+            prog.epoch_counted += counts[2 * j + 1]
+            prog.epoch_seen += b.samples
+            self.logger.train_batch(losses[j], b.samples, b.step, b.lrs, epoch_end=b.epoch_end, at=b.at)
+        rate = prog.epoch_seen / max(prog.epoch_seconds, 1e-9)
+        accuracy = 100 * prog.epoch_correct / max(prog.epoch_counted, 1)
+        bar.update(
+            job,
+            advance=len(pending),
+            info=f"loss {prog.epoch_loss_sum / prog.epoch_seen:.4f}  acc {accuracy:.1f}%  {rate:.1f} samples/s",
+        )
+        pending.clear()
+
     def _forward_backward(
         self, batch: dict[str, Any], sync: bool, accum: int, step: bool
-    ) -> tuple[float, dict]:
+    ) -> tuple[torch.Tensor, dict]:
         no_sync = getattr(self.net, "no_sync", None)
         after_forward = None
         if self.test_sigint_at_batch is not None and self._batches_run == self.test_sigint_at_batch:
@@ -671,7 +742,7 @@ class Trainer:
             )
             if backward:
                 (loss / accum).backward()
-        return float(loss.detach()), out
+        return loss.detach(), out
 
     def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
         save_checkpoint(

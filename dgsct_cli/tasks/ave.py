@@ -99,10 +99,12 @@ def predicted_segments(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return segment_predictions(outputs["segment_logits"].detach(), outputs["event_logits"].detach())
 
 
-def segment_accuracy_counts(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:
+def segment_accuracy_counts(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> tuple[torch.Tensor, int]:
     pred = predicted_segments(outputs)
     labels = batch["segment_labels"].to(pred.device)
-    return int((pred == labels).sum()), labels.numel()
+    return (pred == labels).sum(), labels.numel()
 
 
 class AVEEvaluator:

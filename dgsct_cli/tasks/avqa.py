@@ -333,7 +333,7 @@ class AVQATask(_AVQAData, Task):
 
     def batch_accuracy(self, outputs, batch):
         pred = outputs["answer_logits"].detach().argmax(-1)
-        return int((pred == batch["answer"].view(-1).to(pred.device)).sum()), pred.numel()
+        return (pred == batch["answer"].view(-1).to(pred.device)).sum(), pred.numel()
 
     def make_evaluator(self, dataset):
         return AVQAEvaluator(getattr(dataset, "templates", None))
@@ -498,7 +498,7 @@ class AVQAGroundingTask(_AVQAData, Task):
     def batch_accuracy(self, outputs, batch):
         pos = outputs["match_logits_positive"].detach().argmax(-1)
         neg = outputs["match_logits_negative"].detach().argmax(-1)
-        return int((pos == 1).sum() + (neg == 0).sum()), 2 * pos.numel()
+        return (pos == 1).sum() + (neg == 0).sum(), 2 * pos.numel()
 
     def make_evaluator(self, dataset):
         return GroundingEvaluator()

@@ -218,14 +218,17 @@ def avs_metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     return table
 
 
-def pixel_accuracy_counts(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:
-    """Correct pixels of the annotated frames (the training progress bar)."""
+def pixel_accuracy_counts(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct pixels of the annotated frames (the training progress bar), as device tensors
+    (boolean indexing would wait for the device to learn the count)."""
     masks = batch["masks"]
     b, t = masks.shape[:2]
     pred = outputs["mask_logits"].detach().view(b, t, *masks.shape[-2:]) > 0
-    valid = batch.get("mask_valid", torch.ones(b, t, device=masks.device)).bool()
-    correct = (pred == masks.bool())[valid]
-    return int(correct.sum()), correct.numel()
+    valid = batch.get("mask_valid", torch.ones(b, t, device=masks.device)).bool().to(pred.device)
+    correct = ((pred == masks.bool().to(pred.device)) & valid[..., None, None]).sum()
+    return correct, valid.sum() * masks[0, 0].numel()
 
 
 # -- release checkpoints -----------------------------------------------------------------------

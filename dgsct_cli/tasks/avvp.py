@@ -33,11 +33,11 @@ def avvp_task_loss(
     return avvp_loss(outputs, batch["labels"], cfg.visual_smoothing)
 
 
-def video_label_accuracy(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:
+def video_label_accuracy(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """Per (video, class) agreement of the video-level prediction with the weak labels."""
     pred = (outputs["video_prob"].detach() >= 0.5).long()
     labels = batch["labels"].long().to(pred.device)
-    return int((pred == labels).sum()), labels.numel()
+    return (pred == labels).sum(), labels.numel()
 
 
 class AVVPEvaluator:

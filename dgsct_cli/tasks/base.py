@@ -352,8 +352,12 @@ class Task:
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def batch_accuracy(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> tuple[int, int]:
-        """Running (correct, counted) for the training progress bar."""
+    def batch_accuracy(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]
+    ) -> tuple[torch.Tensor | int, torch.Tensor | int]:
+        """Running (correct, counted) for the training progress bar: numbers or 0-dim tensors, best
+        left on the device (the trainer reads them back a few batches at a time; ``int()`` here
+        would wait for the device every batch)."""
         return 0, 0
 
     def make_evaluator(self, dataset: Any) -> Evaluator:
