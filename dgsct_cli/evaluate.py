@@ -47,10 +47,19 @@ def evaluate(
     evaluator = task.make_evaluator(dataset)
     loader = make_loader(dataset, batch_size, num_workers, device)
     was_training = model.training
+
+    def score(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        evaluator.update(out, batch)
+        if predictions is not None:
+            predictions.extend(task.prediction_rows(out, batch, dataset))
+
     model.eval()
     try:
         with progress_bar(console, disable=not show_progress) as bar:
             job = bar.add_task(description, total=len(loader), info="")
+            # A batch is scored (evaluators copy to the host: a sync) after the next batch's
+            # forward is queued, so the device is not idle while the host reads; same order.
+            held: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
             for batch in loader:
                 if should_stop is not None and should_stop():
                     raise EvaluationInterrupted
@@ -58,9 +67,12 @@ def evaluate(
                 with autocast_for(device, precision):
                     out = task.forward(model, batch)
                 out = {k: v.float() for k, v in out.items()}
-                evaluator.update(out, batch)
-                if predictions is not None:
-                    predictions.extend(task.prediction_rows(out, batch, dataset))
+                if held is not None:
+                    score(*held)
+                    bar.advance(job)
+                held = (out, batch)
+            if held is not None:
+                score(*held)
                 bar.advance(job)
     finally:
         model.train(was_training)

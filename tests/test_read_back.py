@@ -99,3 +99,43 @@ def test_reading_back_every_few_batches_changes_no_number(data_dir, tmp_path, mo
 def test_the_cpu_reads_back_every_batch_and_a_gpu_every_few():
     assert train.read_back_interval(torch.device("cpu")) == 1
     assert train.read_back_interval(torch.device("cuda")) == train.READ_BACK_EVERY > 1
+
+
+def test_evaluation_scores_each_batch_after_the_next_forward_in_order():
+    from dgsct_cli.evaluate import evaluate
+
+    events: list[str] = []
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"index": torch.tensor(i)}
+
+    class Scorer:
+        def update(self, out, batch):
+            events.append(f"score {int(batch['index'])}")
+
+        def compute(self):
+            return {}
+
+    class Stub:
+        def make_evaluator(self, dataset):
+            return Scorer()
+
+        def forward(self, model, batch):
+            events.append(f"forward {int(batch['index'])}")
+            return {"y": batch["index"].float()}
+
+        def prediction_rows(self, out, batch, dataset):
+            return [{"i": int(batch["index"])}]
+
+    rows: list[dict] = []
+    metrics = evaluate(
+        torch.nn.Linear(1, 1), Items(), Stub(), torch.device("cpu"), 1, show_progress=False, predictions=rows
+    )
+    assert events == ["forward 0"] + [e for i in range(1, 5) for e in (f"forward {i}", f"score {i - 1}")] + [
+        "score 4"
+    ]
+    assert rows == [{"i": i} for i in range(5)] and metrics["num_samples"] == 5
