@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,57 @@ def synthetic_cache(task: str, out: Path, videos: int = 8, image_size: int = 64)
         Path(out), videos=videos, image_size=image_size, progress=False, console=None
     )
     return Path(out)
+
+
+# -- data and files many modules read, written once per xdist worker ------------------------------
+# Session fixtures live here: one imported into several test modules would be set up once per module.
+# Training, evaluating and resuming never write into a cache or these files; a test that damages or
+# replaces one works on its own copy.
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _shared(folder: Path) -> Iterator[Path]:
+    """Yield ``folder``; at the session's end, an error if a test changed anything in it."""
+    before = _listing(folder)
+    yield folder
+    assert _listing(folder) == before, f"a test wrote into the shared {folder}: work on a copy of it"
+
+
+@pytest.fixture(scope="session")
+def ave_cache(tmp_path_factory) -> Iterator[Path]:
+    """The synthetic AVE cache of the training and resume tests (8 videos at 64 px)."""
+    yield from _shared(
+        synthetic_cache("ave", tmp_path_factory.mktemp("ave-cache") / "C", videos=8, image_size=64)
+    )
+
+
+@pytest.fixture(scope="session")
+def fewshot_files(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """Tiny CLIP / CLAP / RoBERTa files in the published layouts (tests/test_fewshot_files.py)."""
+    from test_fewshot_files import write_tiny_files
+
+    folder = tmp_path_factory.mktemp("fewshot-weights")
+    files = write_tiny_files(folder)
+    for _ in _shared(folder):
+        yield files
+
+
+@pytest.fixture(scope="session")
+def fewshot_ave(tmp_path_factory) -> Iterator[Path]:
+    """A synthetic AVE cache (24 videos, 4 classes) at the tiny CLIP's 32 px."""
+    yield from _shared(
+        synthetic_cache("fewshot-ave", tmp_path_factory.mktemp("fewshot-ave"), videos=24, image_size=32)
+    )
+
+
+@pytest.fixture(scope="session")
+def fewshot_llp(tmp_path_factory) -> Iterator[Path]:
+    yield from _shared(
+        synthetic_cache("fewshot-llp-cls", tmp_path_factory.mktemp("fewshot-llp"), videos=12, image_size=32)
+    )
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, invoke, synthetic_cache
+from conftest import assert_one_line_error, invoke
 from rich.console import Console
 from safetensors.torch import load_file
 from test_fewshot_files import tiny_overrides, write_tiny_files
@@ -59,16 +59,14 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return synthetic_cache("ave", tmp_path_factory.mktemp("rel2") / "C", videos=8, image_size=64)
+def data(ave_cache) -> Path:
+    return ave_cache
 
 
 @pytest.fixture(scope="module")
-def fewshot(tmp_path_factory) -> tuple[list[str], Path]:
+def fewshot(fewshot_files, fewshot_ave) -> tuple[list[str], Path]:
     """Overrides for the tiny CLIP/CLAP/RoBERTa files, and a synthetic AVE cache at their 32 px."""
-    root = tmp_path_factory.mktemp("fewshot")
-    files = write_tiny_files(root / "weights")
-    return tiny_overrides(files), synthetic_cache("fewshot-ave", root / "ave", videos=24, image_size=32)
+    return tiny_overrides(fewshot_files), fewshot_ave
 
 
 @pytest.fixture(scope="module")
