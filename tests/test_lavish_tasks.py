@@ -66,7 +66,9 @@ def test_tiny_lavish_avs_ms3_trains_and_evaluates(avs_data, recipe):
 def avqa_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("avqa-lavish")
     data = root / "C"
-    ok("--quiet", "prepare", "avqa", "--synthetic", "--out", data, "--videos", 32, "--image-size", 32)
+    # One decoding process: a spawn pool's start costs more than 32 small videos.
+    ok("--quiet", "prepare", "avqa", "--synthetic", "--out", data, "--videos", 32, "--image-size", 32,
+       "--workers", 1)  # fmt: skip
     return root, data
 
 
