@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,50 @@ def _cache_in_the_test_folder(tmp_path_factory):
         os.environ.pop("DGSCT_CACHE_DIR", None)
     else:
         os.environ["DGSCT_CACHE_DIR"] = before
+
+
+# With `--dist loadfile --no-loadscope-reorder` (pyproject addopts) each file runs whole on one of
+# the two workers, in the order collected. The longest files (measured with `pytest --durations`)
+# go first, each to the worker that is free, so the two finish together instead of one running a
+# long file alone at the end. Order only: every test still runs. Update it when a file's time changes.
+LONGEST_FILES_FIRST = (
+    "test_step_speed.py",
+    "test_cli_avvp.py",
+    "test_reliability_2.py",
+    "test_lavish_tasks.py",
+    "test_predict.py",
+    "test_compare.py",
+    "test_install.py",
+    "test_avqa_cli.py",
+    "test_cli_ave.py",
+    "test_reliability.py",
+    "test_fewshot_cli.py",
+    "test_fewshot_zeroshot.py",
+    "test_loggers.py",
+    "test_avs_cli.py",
+    "test_fewshot_tiny.py",
+    "test_train_resume.py",
+    "test_lavish.py",  # the full-size reference files apart, not to load two at once
+    "test_torchrun.py",
+    "test_avs_release.py",
+    "test_bench.py",
+    "test_avvp_release.py",
+    "test_first_use.py",
+    "test_avqa_release.py",
+    "test_eval_predictions.py",
+    "test_fewshot.py",
+    "test_data_avvp.py",
+    "test_release_checkpoint.py",
+    "test_runs_share.py",
+    "test_release_ave_avvp.py",
+    "test_training_features.py",
+    "test_ddp.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +140,57 @@ def synthetic_cache(task: str, out: Path, videos: int = 8, image_size: int = 64)
         Path(out), videos=videos, image_size=image_size, progress=False, console=None
     )
     return Path(out)
+
+
+# -- data and files many modules read, written once per xdist worker ------------------------------
+# Session fixtures live here: one imported into several test modules would be set up once per module.
+# Training, evaluating and resuming never write into a cache or these files; a test that damages or
+# replaces one works on its own copy.
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _shared(folder: Path) -> Iterator[Path]:
+    """Yield ``folder``; at the session's end, an error if a test changed anything in it."""
+    before = _listing(folder)
+    yield folder
+    assert _listing(folder) == before, f"a test wrote into the shared {folder}: work on a copy of it"
+
+
+@pytest.fixture(scope="session")
+def ave_cache(tmp_path_factory) -> Iterator[Path]:
+    """The synthetic AVE cache of the training and resume tests (8 videos at 64 px)."""
+    yield from _shared(
+        synthetic_cache("ave", tmp_path_factory.mktemp("ave-cache") / "C", videos=8, image_size=64)
+    )
+
+
+@pytest.fixture(scope="session")
+def fewshot_files(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """Tiny CLIP / CLAP / RoBERTa files in the published layouts (tests/test_fewshot_files.py)."""
+    from test_fewshot_files import write_tiny_files
+
+    folder = tmp_path_factory.mktemp("fewshot-weights")
+    files = write_tiny_files(folder)
+    for _ in _shared(folder):
+        yield files
+
+
+@pytest.fixture(scope="session")
+def fewshot_ave(tmp_path_factory) -> Iterator[Path]:
+    """A synthetic AVE cache (24 videos, 4 classes) at the tiny CLIP's 32 px."""
+    yield from _shared(
+        synthetic_cache("fewshot-ave", tmp_path_factory.mktemp("fewshot-ave"), videos=24, image_size=32)
+    )
+
+
+@pytest.fixture(scope="session")
+def fewshot_llp(tmp_path_factory) -> Iterator[Path]:
+    yield from _shared(
+        synthetic_cache("fewshot-llp-cls", tmp_path_factory.mktemp("fewshot-llp"), videos=12, image_size=32)
+    )
 
 
 @pytest.fixture

@@ -28,7 +28,9 @@ ADAPTER_LISTS = (
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("avqa")
     data, stage1, stage2 = root / "C", root / "G", root / "R"
-    ok("--quiet", "prepare", "avqa", "--synthetic", "--out", data, "--videos", 32, "--image-size", 32)
+    # One decoding process: a spawn pool's start costs more than 32 small videos.
+    ok("--quiet", "prepare", "avqa", "--synthetic", "--out", data, "--videos", 32, "--image-size", 32,
+       "--workers", 1)  # fmt: skip
     ok("--quiet", "train", "--recipe", "avqa-grounding-tiny", "--data", data, "--output", stage1)
     ok(
         "--quiet",

@@ -43,7 +43,10 @@ class _Runs(dict):
 def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     data = root / "C"
-    ok("--quiet", "prepare", "ave", "--synthetic", "--out", data, "--videos", 24, "--image-size", 64)
+    # One decoding process: a spawn pool's start costs more than 24 small videos (the pool has tests
+    # of its own in test_data_ave.py and test_reliability.py).
+    ok("--quiet", "prepare", "ave", "--synthetic", "--out", data, "--videos", 24, "--image-size", 64,
+       "--workers", 1)  # fmt: skip
     return SimpleNamespace(root=root, data=data, runs=_Runs(root, data))
 
 

@@ -55,8 +55,8 @@ def _split_ids(cache: Path, split: str) -> list[str]:
     return [manifest["samples"][i]["id"] for i in manifest["splits"][split]]
 
 
-def test_ave_rows_hold_each_segment_and_add_up_to_the_accuracy(tmp_path):
-    cache = synthetic_cache("ave", tmp_path / "ave", videos=8, image_size=64)
+def test_ave_rows_hold_each_segment_and_add_up_to_the_accuracy(ave_cache, tmp_path):
+    cache = ave_cache
     ckpt = _checkpoint("ave-tiny", cache, tmp_path)
     rows, metrics = _eval(ckpt, cache, "test", tmp_path)
     assert [r["id"] for r in rows] == _split_ids(cache, "test")

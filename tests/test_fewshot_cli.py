@@ -9,14 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_fewshot_files import (  # noqa: F401
-    fewshot_ave,
-    fewshot_files,
-    fewshot_llp,
-    one_thread,
-    single_thread,
-    tiny_overrides,
-)
+from test_fewshot_files import one_thread, single_thread, tiny_overrides  # noqa: F401
 from typer.testing import CliRunner
 
 from dgsct_cli.cli.app import app
@@ -31,7 +24,7 @@ def ok(*args):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, fewshot_files, fewshot_ave):  # noqa: F811 (fixtures imported above)
+def setup(tmp_path_factory, fewshot_files, fewshot_ave):
     root = tmp_path_factory.mktemp("fewshot-cli")
     return {
         "root": root,
@@ -112,7 +105,7 @@ def test_release_protocol_preset(setup):
     assert "protocol: release" in recipe and "val_split: test" in recipe
 
 
-def test_llp_kshot_dataset_and_loss_on_a_synthetic_cache(setup, fewshot_llp):  # noqa: F811 (fixtures imported above)
+def test_llp_kshot_dataset_and_loss_on_a_synthetic_cache(setup, fewshot_llp):
     from dgsct_cli.config import load_recipe
     from dgsct_cli.factory import build_model, data_info, open_split
     from dgsct_cli.tasks.base import get_task

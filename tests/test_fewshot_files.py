@@ -99,7 +99,7 @@ def tiny_overrides(files: dict[str, Path]) -> list[str]:
     return out
 
 
-# -- shared by the few-shot and zero-shot test modules (import the fixtures there) ------------------
+# -- shared by the few-shot and zero-shot test modules (their data: conftest.py) ---------------------
 
 
 @contextmanager
@@ -117,25 +117,3 @@ def single_thread():
 def one_thread():
     with single_thread():
         yield
-
-
-@pytest.fixture(scope="session")
-def fewshot_files(tmp_path_factory) -> dict[str, Path]:
-    return write_tiny_files(tmp_path_factory.mktemp("fewshot-weights"))
-
-
-@pytest.fixture(scope="session")
-def fewshot_ave(tmp_path_factory) -> Path:
-    """A synthetic AVE cache (24 videos, 4 classes) at the tiny CLIP's 32 px."""
-    from conftest import synthetic_cache
-
-    return synthetic_cache("fewshot-ave", tmp_path_factory.mktemp("fewshot-ave"), videos=24, image_size=32)
-
-
-@pytest.fixture(scope="session")
-def fewshot_llp(tmp_path_factory) -> Path:
-    from conftest import synthetic_cache
-
-    return synthetic_cache(
-        "fewshot-llp-cls", tmp_path_factory.mktemp("fewshot-llp"), videos=12, image_size=32
-    )

@@ -9,14 +9,7 @@ import json
 import pytest
 import torch
 from conftest import FIXTURES
-from test_fewshot_files import (  # noqa: F401
-    fewshot_ave,
-    fewshot_files,
-    fewshot_llp,
-    one_thread,
-    single_thread,
-    tiny_overrides,
-)
+from test_fewshot_files import one_thread, single_thread, tiny_overrides  # noqa: F401
 from typer.testing import CliRunner
 
 from dgsct_cli.cli.app import app
@@ -133,7 +126,7 @@ def test_prepare_vggsound40k_layout_resume_and_bad_rows(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, fewshot_files):  # noqa: F811 (fixtures imported above)
+def pretrained(tmp_path_factory, fewshot_files):
     """A tiny model pre-trained on a synthetic VGG-Sound(40K) set whose classes are the synthetic
     AVE set's (the same names, drawn the same way)."""
     root = tmp_path_factory.mktemp("pretrain")
@@ -158,7 +151,7 @@ def pretrained(tmp_path_factory, fewshot_files):  # noqa: F811 (fixtures importe
     return root / "run" / "last.safetensors"
 
 
-def test_pretrain_then_zero_shot_on_ave_is_above_chance(pretrained, fewshot_ave, tmp_path):  # noqa: F811 (fixtures imported above)
+def test_pretrain_then_zero_shot_on_ave_is_above_chance(pretrained, fewshot_ave, tmp_path):
     manifest = json.loads((fewshot_ave / "manifest.json").read_text())
     labels = [
         v for i in manifest["splits"]["train"] for v in manifest["samples"][i]["targets"]["segment_labels"]
@@ -182,7 +175,7 @@ def test_pretrain_then_zero_shot_on_ave_is_above_chance(pretrained, fewshot_ave,
         assert f"zero-shot ave {metric} accuracy" in result.output
 
 
-def test_zero_shot_on_llp_runs_end_to_end(pretrained, fewshot_llp, tmp_path):  # noqa: F811 (fixtures imported above)
+def test_zero_shot_on_llp_runs_end_to_end(pretrained, fewshot_llp, tmp_path):
     out = tmp_path / "llp.json"
     ok("fewshot", "zeroshot", "-c", pretrained, "--dataset", "llp", "--data", fewshot_llp, "--json", out)
     score = json.loads(out.read_text())
@@ -207,7 +200,7 @@ def test_zero_shot_on_llp_runs_end_to_end(pretrained, fewshot_llp, tmp_path):  #
     )
 
 
-def test_release_preset_differs_exactly_where_the_release_does(pretrained, fewshot_ave):  # noqa: F811 (fixtures imported above)
+def test_release_preset_differs_exactly_where_the_release_does(pretrained, fewshot_ave):
     """B.2: a fresh random context (not the learned one), the adapters' BatchNorm in batch mode,
     the release's batch size; prompts rebuilt for the target's class names in both."""
     from dgsct_cli.checkpoint import load_checkpoint

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, REPO, invoke, ok, synthetic_cache, tiny_model_config
+from conftest import DATA, REPO, invoke, ok, tiny_model_config
 
 from dgsct_cli.recipe_files import recipe_files
 
@@ -28,8 +28,8 @@ def one_line_error(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return synthetic_cache("ave", tmp_path_factory.mktemp("first") / "mine", videos=8, image_size=64)
+def cache(ave_cache) -> Path:
+    return ave_cache
 
 
 # -- 1. --resume continues on the run's own data ---------------------------------------------------

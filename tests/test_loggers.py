@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import synthetic_cache
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -127,8 +126,8 @@ def assert_same_step_losses(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return synthetic_cache("ave", tmp_path_factory.mktemp("loggers") / "C", videos=8, image_size=64)
+def data(ave_cache) -> Path:
+    return ave_cache
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, invoke, synthetic_cache
+from conftest import assert_one_line_error, invoke
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -43,8 +43,8 @@ def metric_lines(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return synthetic_cache("ave", tmp_path_factory.mktemp("rel") / "C", videos=8, image_size=64)
+def data(ave_cache) -> Path:
+    return ave_cache
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import synthetic_cache
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -60,8 +59,8 @@ def without_timing(records: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return synthetic_cache("ave", tmp_path_factory.mktemp("resume") / "C", videos=8, image_size=64)
+def data_dir(ave_cache) -> Path:
+    return ave_cache
 
 
 @pytest.fixture(scope="module")
