@@ -174,6 +174,11 @@ class DualEncoder(nn.Module):
         modules compiled."""
         import torch._dynamo
 
+        # Static shapes: the blocks of one class differ in shape from stage to stage, and dynamo's
+        # "automatic dynamic" would turn the second shape it sees into a symbolic-shape recompile
+        # (slower to compile, less specialised kernels). A new batch size (the last, smaller batch;
+        # eval's) is one more static compile per region.
+        options = {"dynamic": False, **options}
         # Each distinct block or adapter shape is one more compile of the same code: a model with
         # four stages per tower and adapters in both directions needs more than dynamo's default
         # of 8 per function, past which it would silently run the rest eagerly.
