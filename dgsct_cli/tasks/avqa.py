@@ -221,7 +221,8 @@ class _AVQAData:
         from ..data.avqa_synthetic import write_synthetic_avqa
 
         write_synthetic_avqa(out / "raw", num_videos=videos)
-        prepare_avqa(out / "raw", out, workers=2, image_size=image_size, progress=progress, console=console)
+        # In-process, as data/synthetic.py's tiny sets (a decoding pool costs more than it saves).
+        prepare_avqa(out / "raw", out, workers=1, image_size=image_size, progress=progress, console=console)
 
     def prepare_command(self):
         return prepare_avqa_command
