@@ -11,22 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import invoke, ok
 from test_fewshot_files import one_thread, single_thread  # noqa: F401
-from typer.testing import CliRunner
-
-from dgsct_cli.cli.app import app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
 
 
 def flat(text: str) -> str:
@@ -37,7 +25,9 @@ def test_every_missing_file_is_named_before_any_data_or_model(tmp_path, monkeypa
     """The full-size recipe without its three files: one message naming all three and where each
     comes from, before the synthetic data is written (nothing appears on disk)."""
     monkeypatch.chdir(tmp_path)
-    result = run("fewshot", "train", "--recipe", "fewshot-ave", "--shots", "1", "--synthetic", "--data", "d")
+    result = invoke(
+        "fewshot", "train", "--recipe", "fewshot-ave", "--shots", "1", "--synthetic", "--data", "d"
+    )
     message = flat(result.stderr)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "recipe fewshot-ave: 3 weight file(s) missing" in message
@@ -50,7 +40,7 @@ def test_every_missing_file_is_named_before_any_data_or_model(tmp_path, monkeypa
     assert "fewshot-ave-tiny" in message  # what to try instead
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data, no run folder
     # Files that are named but absent are listed with their paths, all of them.
-    result = run(
+    result = invoke(
         "fewshot", "pretrain", "--recipe", "pretrain-vggsound40k", "--data", "d",
         "model.visual.weights=w/clip.pt", "model.audio.weights=w/clap.pt", "model.text.tokenizer=w/tok",
     )  # fmt: skip

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import synthetic_cache
 from rich.console import Console
 
 from dgsct_cli import loggers, train
@@ -50,11 +48,6 @@ def test_pixel_counts_stay_on_the_device_and_count_the_annotated_frames():
     assert int(correct) == int(agree[valid.bool()].sum()) and int(counted) == 3 * 16
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return synthetic_cache("ave", tmp_path_factory.mktemp("read-back") / "C", videos=8, image_size=64)
-
-
 def _run(data: Path, out: Path, every: int, monkeypatch) -> tuple[list[dict], list[dict], int]:
     """Metrics lines, per-step logger rows and read-backs of a 2-epoch tiny run."""
     monkeypatch.setattr(train, "read_back_interval", lambda device: every)  # CPU: 1 by default
@@ -84,10 +77,10 @@ def _run(data: Path, out: Path, every: int, monkeypatch) -> tuple[list[dict], li
     return [strip(x) for x in lines], [strip(r) for r in rows], read_backs
 
 
-def test_reading_back_every_few_batches_changes_no_number(data_dir, tmp_path, monkeypatch):
-    every_batch = _run(data_dir, tmp_path / "every", 1, monkeypatch)
+def test_reading_back_every_few_batches_changes_no_number(ave_cache, tmp_path, monkeypatch):
+    every_batch = _run(ave_cache, tmp_path / "every", 1, monkeypatch)
     monkeypatch.undo()
-    every_three = _run(data_dir, tmp_path / "three", 3, monkeypatch)
+    every_three = _run(ave_cache, tmp_path / "three", 3, monkeypatch)
     assert every_batch[0] == every_three[0]  # train loss and accuracy, validation, per epoch
     assert every_batch[1] == every_three[1] and every_batch[1]  # per-step loss and lr
     batches = len(every_batch[2]) // 2  # per epoch
